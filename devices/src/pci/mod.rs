@@ -1,2 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-//! PCI: placeholder while the modules land.
+//! PCI: configuration space, root bus, config access mechanisms, BAR
+//! allocation, INTx routing and MSI-X.
+
+pub mod config;
+
+pub use config::{BarInfo, BarKind, BarMove, PciConfigError, PciConfiguration, PciHeader};
