@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Command-line arguments: space-separated `key=value` words.
+//!
+//! `scenario=<name>` picks the scenario; scenarios read their own keys
+//! (e.g. `bar=2 count=100`) through [`Args`].
+
+/// Scenario run when the command line names none.
+pub const DEFAULT_SCENARIO: &[u8] = b"boot";
+
+/// A parsed view of the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Args<'a> {
+    line: &'a [u8],
+}
+
+impl<'a> Args<'a> {
+    /// Wraps a command line.
+    pub fn new(line: &'a [u8]) -> Self {
+        Args { line }
+    }
+
+    /// The words of the command line.
+    fn words(&self) -> impl Iterator<Item = &'a [u8]> {
+        self.line
+            .split(|&b| b == b' ' || b == b'\t' || b == b'\n')
+            .filter(|w| !w.is_empty())
+    }
+
+    /// The value of the last `key=value` word with this key.
+    pub fn get(&self, key: &str) -> Option<&'a [u8]> {
+        let key = key.as_bytes();
+        self.words()
+            .filter_map(|word| {
+                let eq = word.iter().position(|&b| b == b'=')?;
+                let (k, rest) = word.split_at(eq);
+                (k == key).then(|| rest.get(1..).unwrap_or(&[]))
+            })
+            .last()
+    }
+
+    /// The value of `key` as an unsigned number (decimal, or hex with `0x`).
+    #[allow(dead_code)] // For scenarios with numeric arguments.
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        parse_u64(self.get(key)?)
+    }
+
+    /// The scenario name (`scenario=`), or [`DEFAULT_SCENARIO`].
+    pub fn scenario(&self) -> &'a [u8] {
+        self.get("scenario").unwrap_or(DEFAULT_SCENARIO)
+    }
+}
+
+/// Parses a decimal or `0x`-prefixed hex number; `None` on junk or overflow.
+#[allow(dead_code)] // For scenarios with numeric arguments.
+pub fn parse_u64(text: &[u8]) -> Option<u64> {
+    let (digits, radix) = match text {
+        [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
+        _ => (text, 10),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &b in digits {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' if radix == 16 => b - b'a' + 10,
+            b'A'..=b'F' if radix == 16 => b - b'A' + 10,
+            _ => return None,
+        };
+        value = value.checked_mul(radix)?.checked_add(u64::from(d))?;
+    }
+    Some(value)
+}

@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The Shoal test guest: a freestanding PVH ELF that reports over COM1.
+//!
+//! It owns its boot path (PVH entry, page tables, long mode, AP
+//! trampoline), ACPI/PCI/SMP discovery and the scenarios that end-to-end
+//! tests select with `scenario=<name>` on the command line. It depends on
+//! nothing but `core`, and it must only use instructions KVM's instruction
+//! emulator implements: plain integer code, no SSE/AVX/x87 (built with
+//! those target features off; a test checks the disassembly), and no
+//! `core::fmt`.
+//!
+//! Every line it prints starts with `SHOAL-TG `; see README.md.
+
+#![no_std]
+#![no_main]
+
+mod acpi;
+mod apic;
+mod boot;
+mod cmdline;
+mod io;
+mod mem;
+mod pci;
+mod power;
+mod scenarios;
+mod serial;
+mod smp;
+mod start_info;
+
+use acpi::AcpiError;
+use cmdline::Args;
+use start_info::{StartInfo, StartInfoError};
+
+/// The linker script, included so that cargo relinks when it changes.
+const _LINKER_SCRIPT: &str = include_str!("../linker.ld");
+
+/// 8259 PIC data ports: writing 0xff masks every line.
+const PIC1_DATA: u16 = 0x21;
+const PIC2_DATA: u16 = 0xa1;
+
+fn report_acpi_error(error: &AcpiError) {
+    let mut line = serial::error();
+    line.str("acpi ").str(error.message());
+    if let Some(signature) = error.signature() {
+        line.str(" ").bytes(&signature);
+    }
+}
+
+/// Rust entry of the bootstrap processor (called from `boot`).
+#[no_mangle]
+pub extern "C" fn shoal_bsp_main(start_info_addr: u32) -> ! {
+    // An uninitialised PIC would deliver IRQ n as vector n through LINT0.
+    io::outb(PIC1_DATA, 0xff);
+    io::outb(PIC2_DATA, 0xff);
+    serial::init();
+
+    let info = match StartInfo::read(u64::from(start_info_addr)) {
+        Ok(info) => Some(info),
+        Err(StartInfoError::BadAddress) => {
+            serial::error()
+                .str("start info address ")
+                .hex0x(u64::from(start_info_addr));
+            None
+        }
+        Err(StartInfoError::BadMagic(magic)) => {
+            serial::error()
+                .str("start info magic ")
+                .hex0x(u64::from(magic));
+            None
+        }
+    };
+    let args = Args::new(info.as_ref().map_or(&[][..], |i| i.cmdline()));
+    let name = args.scenario();
+    serial::line().str("start ").bytes(name);
+
+    let rsdp_hint = info.as_ref().map_or(0, |i| i.rsdp_paddr);
+    let acpi = match acpi::discover(&io::Phys, rsdp_hint) {
+        Ok(acpi) => Some(acpi),
+        Err(error) => {
+            report_acpi_error(&error);
+            None
+        }
+    };
+    let madt = acpi
+        .as_ref()
+        .and_then(|a| a.madt.as_ref().map_err(report_acpi_error).ok());
+    let fadt = acpi
+        .as_ref()
+        .and_then(|a| a.fadt.as_ref().map_err(report_acpi_error).ok());
+    if let Some(madt) = madt {
+        apic::set_base(u64::from(madt.lapic_address));
+        serial::line().str("acpi cpus ").dec(madt.cpu_count as u64);
+    }
+    if let Some(fadt) = fadt {
+        power::set_fadt(fadt);
+    }
+
+    match scenarios::find(name) {
+        Some(scenario) => {
+            (scenario.run)(&scenarios::Context { args, madt, fadt });
+            serial::line().str("done");
+        }
+        None => {
+            serial::error().str("unknown scenario ").bytes(name);
+        }
+    }
+    power::off()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    {
+        let mut line = serial::line_forced();
+        line.str("error panic");
+        if let Some(location) = info.location() {
+            line.str(" at ")
+                .str(location.file())
+                .str(":")
+                .dec(u64::from(location.line()));
+        }
+    }
+    power::off()
+}
+
+/// `memcpy` for the compiler (there is no libc): `rep movsb`, which the
+/// emulator implements and LLVM cannot turn back into a `memcpy` call.
+///
+/// # Safety
+/// Same contract as C `memcpy`.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees both ranges are valid and disjoint.
+    unsafe {
+        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _,
+            inout("rsi") src => _, options(nostack, preserves_flags));
+    }
+    dest
+}
+
+/// `memmove` for the compiler: forwards with `rep movsb`, or backwards
+/// with `std; rep movsb; cld` when the ranges overlap that way.
+///
+/// # Safety
+/// Same contract as C `memmove`.
+#[no_mangle]
+pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dest as usize) <= (src as usize) || (dest as usize) >= (src as usize).wrapping_add(n) {
+        // SAFETY: forward copy is correct for these ranges; see `memcpy`.
+        return unsafe { memcpy(dest, src, n) };
+    }
+    if n > 0 {
+        // SAFETY: the caller guarantees both ranges are valid; copying from
+        // the last byte down is correct when `dest` overlaps `src` from above.
+        unsafe {
+            core::arch::asm!("std", "rep movsb", "cld",
+                inout("rcx") n => _, inout("rdi") dest.add(n - 1) => _,
+                inout("rsi") src.add(n - 1) => _, options(nostack));
+        }
+    }
+    dest
+}
+
+/// `memset` for the compiler: `rep stosb`.
+///
+/// # Safety
+/// Same contract as C `memset`.
+#[no_mangle]
+pub unsafe extern "C" fn memset(dest: *mut u8, value: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees the range is valid for writes.
+    unsafe {
+        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _,
+            in("al") value as u8, options(nostack, preserves_flags));
+    }
+    dest
+}
+
+/// `memcmp`/`bcmp` for the compiler: a byte loop over volatile reads, so
+/// LLVM does not turn it into a call to itself.
+///
+/// # Safety
+/// Same contract as C `memcmp`.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: the caller guarantees both ranges are valid for reads.
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// `bcmp` for the compiler (same as [`memcmp`]).
+///
+/// # Safety
+/// Same contract as C `bcmp`.
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract.
+    unsafe { memcmp(a, b, n) }
+}
