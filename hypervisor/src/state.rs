@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::x86_64::{CpuIdEntry, FpuState, MsrEntry, SpecialRegisters, StandardRegisters};
 
-
 /// Everything a vCPU needs to continue where it stopped.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VcpuState {

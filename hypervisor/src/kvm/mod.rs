@@ -48,7 +48,10 @@ impl KvmHypervisor {
 
 impl Hypervisor for KvmHypervisor {
     fn create_vm(&self) -> Result<Arc<dyn Vm>> {
-        let fd = self.kvm.create_vm().map_err(Error::ioctl("KVM_CREATE_VM"))?;
+        let fd = self
+            .kvm
+            .create_vm()
+            .map_err(Error::ioctl("KVM_CREATE_VM"))?;
         let xsave = self.kvm.check_extension(Cap::Xsave);
         let xcrs = self.kvm.check_extension(Cap::Xcrs);
         Ok(Arc::new(KvmVm::new(fd, xsave, xcrs)))

@@ -157,7 +157,11 @@ impl Vcpu for KvmVcpu {
         if n != entries.len() {
             let index = entries.get(n).map(|e| e.index).unwrap_or_default();
             return Err(Error::Ioctl {
-                op: if index == 0 { "KVM_SET_MSRS" } else { "KVM_SET_MSRS (refused an MSR)" },
+                op: if index == 0 {
+                    "KVM_SET_MSRS"
+                } else {
+                    "KVM_SET_MSRS (refused an MSR)"
+                },
                 source: std::io::Error::other(format!("MSR {index:#x} refused")),
             });
         }
@@ -167,9 +171,17 @@ impl Vcpu for KvmVcpu {
     fn setup_lint(&self) -> Result<()> {
         let mut lapic = self.fd.get_lapic().map_err(Error::ioctl("KVM_GET_LAPIC"))?;
         let lint0 = lapic_reg(&lapic, APIC_LVT_LINT0);
-        set_lapic_reg(&mut lapic, APIC_LVT_LINT0, set_delivery_mode(lint0, APIC_MODE_EXTINT));
+        set_lapic_reg(
+            &mut lapic,
+            APIC_LVT_LINT0,
+            set_delivery_mode(lint0, APIC_MODE_EXTINT),
+        );
         let lint1 = lapic_reg(&lapic, APIC_LVT_LINT1);
-        set_lapic_reg(&mut lapic, APIC_LVT_LINT1, set_delivery_mode(lint1, APIC_MODE_NMI));
+        set_lapic_reg(
+            &mut lapic,
+            APIC_LVT_LINT1,
+            set_delivery_mode(lint1, APIC_MODE_NMI),
+        );
         self.fd
             .set_lapic(&lapic)
             .map_err(Error::ioctl("KVM_SET_LAPIC"))

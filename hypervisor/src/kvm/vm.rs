@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //! A KVM VM.
 
-use std::os::fd::{FromRawFd, RawFd};
 use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irqchip, kvm_msi, kvm_pit_config, kvm_userspace_memory_region,
     KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_PIT_SPEAKER_DUMMY,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
@@ -95,7 +94,11 @@ impl Vm for KvmVm {
             guest_phys_addr: guest_addr,
             memory_size: size,
             userspace_addr: host_addr,
-            flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
         };
         // SAFETY: the caller guarantees the host range stays mapped while the
         // slot exists.
