@@ -33,6 +33,8 @@ const TSS_BUSY_TYPE: u8 = 0xb;
 const TSS_LIMIT: u32 = 0x67;
 
 const CR0_PE: u64 = 1 << 0;
+/// Extension type: hard-wired to 1 on every x86_64 CPU.
+const CR0_ET: u64 = 1 << 4;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
@@ -142,8 +144,8 @@ fn write_page_tables<M: GuestMemoryBackend>(mem: &M) -> Result<(), RegsError> {
 /// [`BOOT_IDT_START`] for both protocols; for the Linux 64-bit protocol also
 /// the identity page tables at [`PML4_START`].
 ///
-/// PVH: 32-bit protected mode, paging off, flat CS (0x08) and data (0x18).
-/// Linux 64-bit: long mode (CR0.PE|PG, CR4.PAE, EFER.LME|LMA, CR3 =
+/// PVH: 32-bit protected mode (CR0.PE|ET), paging off, flat CS (0x08) and
+/// data (0x18). Linux 64-bit: long mode (CR0.PE|ET|PG, CR4.PAE, EFER.LME|LMA, CR3 =
 /// [`PML4_START`]), 64-bit CS (0x10), data 0x18.
 pub fn boot_sregs<M: GuestMemoryBackend>(
     mem: &M,
@@ -180,7 +182,7 @@ pub fn boot_sregs<M: GuestMemoryBackend>(
     match protocol {
         BootProtocol::Pvh => {
             sregs.cs = segment(&gdt, CODE32_SELECTOR);
-            sregs.cr0 = CR0_PE;
+            sregs.cr0 = CR0_PE | CR0_ET;
             sregs.cr3 = 0;
             sregs.cr4 = 0;
             sregs.efer = 0;
@@ -188,7 +190,7 @@ pub fn boot_sregs<M: GuestMemoryBackend>(
         BootProtocol::Linux64 => {
             write_page_tables(mem)?;
             sregs.cs = segment(&gdt, CODE64_SELECTOR);
-            sregs.cr0 = CR0_PE | CR0_PG;
+            sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
             sregs.cr3 = PML4_START.0;
             sregs.cr4 = CR4_PAE;
             sregs.efer = EFER_LME | EFER_LMA;
@@ -260,7 +262,7 @@ mod tests {
     fn linux64_sregs_enter_long_mode_with_identity_tables() {
         let m = mem();
         let s = boot_sregs(&m, BootProtocol::Linux64, &SpecialRegisters::default()).unwrap();
-        assert_eq!(s.cr0, CR0_PE | CR0_PG);
+        assert_eq!(s.cr0, CR0_PE | CR0_ET | CR0_PG);
         assert_eq!(s.cr4, CR4_PAE);
         assert_eq!(s.efer, EFER_LME | EFER_LMA);
         assert_eq!(s.cr3, 0x9000);
@@ -288,7 +290,7 @@ mod tests {
             ..Default::default()
         };
         let s = boot_sregs(&m, BootProtocol::Pvh, &base).unwrap();
-        assert_eq!(s.cr0, CR0_PE);
+        assert_eq!(s.cr0, CR0_PE | CR0_ET);
         assert_eq!((s.cr3, s.cr4, s.efer), (0, 0, 0));
         assert_eq!(
             (s.cs.selector, s.cs.db, s.cs.l, s.cs.limit),

@@ -82,7 +82,6 @@ fn pci_host_bridge(mmio64: (u64, u64)) -> Vec<u8> {
         &[
             &Name::new(Path::new("_HID"), &hid),
             &Name::new(Path::new("_CID"), &cid),
-            &Name::new(Path::new("_ADR"), &ZERO),
             &Name::new(Path::new("_SEG"), &ZERO),
             &Name::new(Path::new("_UID"), &ZERO),
             &Name::new(Path::new("_BBN"), &ZERO),
@@ -94,7 +93,7 @@ fn pci_host_bridge(mmio64: (u64, u64)) -> Vec<u8> {
 
 /// Motherboard resources: reserves the ECAM area so Linux trusts the MCFG.
 fn motherboard() -> Vec<u8> {
-    let ecam = Memory32Fixed::new(false, PCI_ECAM_START.0 as u32, PCI_ECAM_SIZE as u32);
+    let ecam = Memory32Fixed::new(true, PCI_ECAM_START.0 as u32, PCI_ECAM_SIZE as u32);
     let crs = ResourceTemplate::new(vec![&ecam]);
     let hid = EISAName::new("PNP0C02");
     device_aml(
