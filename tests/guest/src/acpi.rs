@@ -314,26 +314,20 @@ pub fn parse_madt(mem: &impl Memory, addr: u64) -> Result<Madt, AcpiError> {
         let entry = addr + offset;
         match (kind, entry_len) {
             // Processor local APIC: uid, APIC id, flags (bit 0 enabled).
-            (0, 8..) => {
-                if mem.read32(entry + 4) & 1 != 0 {
-                    madt.add_cpu(u32::from(mem.read8(entry + 3)));
-                }
+            (0, 8..) if mem.read32(entry + 4) & 1 != 0 => {
+                madt.add_cpu(u32::from(mem.read8(entry + 3)));
             }
             // IOAPIC: id, reserved, address, GSI base.
-            (1, 12..) => {
-                if madt.ioapic.is_none() {
-                    madt.ioapic = Some((
-                        mem.read8(entry + 2),
-                        mem.read32(entry + 4),
-                        mem.read32(entry + 8),
-                    ));
-                }
+            (1, 12..) if madt.ioapic.is_none() => {
+                madt.ioapic = Some((
+                    mem.read8(entry + 2),
+                    mem.read32(entry + 4),
+                    mem.read32(entry + 8),
+                ));
             }
             // Processor local x2APIC: reserved, x2APIC id, flags, uid.
-            (9, 16..) => {
-                if mem.read32(entry + 8) & 1 != 0 {
-                    madt.add_cpu(mem.read32(entry + 4));
-                }
+            (9, 16..) if mem.read32(entry + 8) & 1 != 0 => {
+                madt.add_cpu(mem.read32(entry + 4));
             }
             _ => {}
         }

@@ -72,3 +72,47 @@ pub fn parse_u64(text: &[u8]) -> Option<u64> {
     }
     Some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_is_read_from_its_key() {
+        let args = Args::new(b"console=ttyS0 scenario=shm bar=2");
+        assert_eq!(args.scenario(), b"shm");
+        assert_eq!(args.get("bar"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn missing_scenario_defaults_to_boot() {
+        assert_eq!(Args::new(b"").scenario(), DEFAULT_SCENARIO);
+        assert_eq!(Args::new(b"quiet").scenario(), DEFAULT_SCENARIO);
+    }
+
+    #[test]
+    fn last_occurrence_of_a_key_wins() {
+        assert_eq!(Args::new(b"a=1 a=2").get("a"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn key_prefixes_do_not_match() {
+        assert_eq!(Args::new(b"scenarios=x").get("scenario"), None);
+        assert_eq!(Args::new(b"scenario").get("scenario"), None);
+    }
+
+    #[test]
+    fn empty_value_is_present_but_empty() {
+        assert_eq!(Args::new(b"scenario=").get("scenario"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn numbers_parse_in_decimal_and_hex() {
+        let args = Args::new(b"n=42 h=0x1F bad=12z big=18446744073709551616");
+        assert_eq!(args.get_u64("n"), Some(42));
+        assert_eq!(args.get_u64("h"), Some(0x1f));
+        assert_eq!(args.get_u64("bad"), None);
+        assert_eq!(args.get_u64("big"), None);
+        assert_eq!(parse_u64(b"0x"), None);
+    }
+}

@@ -107,7 +107,7 @@ pub fn phys_write8(addr: u64, value: u8) {
 /// Reads an aligned 32-bit MMIO register (all-ones outside the identity map
 /// or when misaligned).
 pub fn mmio_read32(addr: u64) -> u32 {
-    if addr >= PHYS_LIMIT - 3 || addr % 4 != 0 {
+    if addr >= PHYS_LIMIT - 3 || !addr.is_multiple_of(4) {
         return u32::MAX;
     }
     // SAFETY: aligned and identity-mapped (uncached for the MMIO range).
@@ -117,7 +117,7 @@ pub fn mmio_read32(addr: u64) -> u32 {
 /// Writes an aligned 32-bit MMIO register (dropped outside the identity map
 /// or when misaligned).
 pub fn mmio_write32(addr: u64, value: u32) {
-    if addr >= PHYS_LIMIT - 3 || addr % 4 != 0 {
+    if addr >= PHYS_LIMIT - 3 || !addr.is_multiple_of(4) {
         return;
     }
     // SAFETY: as for `mmio_read32`.
@@ -126,7 +126,7 @@ pub fn mmio_write32(addr: u64, value: u32) {
 
 /// Writes an aligned 16-bit MMIO register (dropped when out of range or misaligned).
 pub fn mmio_write16(addr: u64, value: u16) {
-    if addr >= PHYS_LIMIT - 1 || addr % 2 != 0 {
+    if addr >= PHYS_LIMIT - 1 || !addr.is_multiple_of(2) {
         return;
     }
     // SAFETY: as for `mmio_read32`.
@@ -135,7 +135,7 @@ pub fn mmio_write16(addr: u64, value: u16) {
 
 /// Writes an aligned 64-bit MMIO register (dropped when out of range or misaligned).
 pub fn mmio_write64(addr: u64, value: u64) {
-    if addr >= PHYS_LIMIT - 7 || addr % 8 != 0 {
+    if addr >= PHYS_LIMIT - 7 || !addr.is_multiple_of(8) {
         return;
     }
     // SAFETY: as for `mmio_read32`.
