@@ -5,9 +5,10 @@
 //! [`PciBarRegion`] for every trapped BAR and follows moves. It remembers
 //! where each BAR is mapped, so a move that cannot be mapped (overlap, BAR at
 //! 0 over something else) just leaves that BAR unmapped until the guest moves
-//! it somewhere sane; nothing is lost and nothing fails the VM. Moves of
-//! RAM-like (untrapped) BARs are forwarded to the vmm's own relocator, which
-//! moves the KVM memory slot.
+//! it somewhere sane; nothing is lost and nothing fails the VM. Every move,
+//! trapped or not, is then forwarded to the vmm's own relocator (`next`),
+//! which moves KVM memory slots of RAM-like BARs and ioeventfds registered
+//! inside trapped ones.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,7 +43,7 @@ pub struct BarMapper {
     pci: Arc<Mutex<PciBus>>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
-    ram: Option<Arc<dyn BarRelocator>>,
+    next: Option<Arc<dyn BarRelocator>>,
     mapped: Mutex<HashMap<(PciBdf, usize), (u64, u64)>>,
     log: LogLimiter,
 }
@@ -56,19 +57,19 @@ impl fmt::Debug for BarMapper {
 }
 
 impl BarMapper {
-    /// Maps trapped BARs of functions on `pci` onto `pio` / `mmio`;
-    /// untrapped moves go to `ram` (if any).
+    /// Maps trapped BARs of functions on `pci` onto `pio` / `mmio`; every
+    /// move is also passed on to `next` (if any), after the bus is updated.
     pub fn new(
         pci: Arc<Mutex<PciBus>>,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
-        ram: Option<Arc<dyn BarRelocator>>,
+        next: Option<Arc<dyn BarRelocator>>,
     ) -> Self {
         Self {
             pci,
             pio,
             mmio,
-            ram,
+            next,
             mapped: Mutex::new(HashMap::new()),
             log: LogLimiter::new(),
         }
@@ -125,12 +126,17 @@ impl BarMapper {
 
 impl BarRelocator for BarMapper {
     fn relocate(&self, r: &BarReprogram) {
-        if !r.trapped {
-            if let Some(ram) = &self.ram {
-                ram.relocate(r);
-            }
-            return;
+        if r.trapped {
+            self.move_trapped(r);
         }
+        if let Some(next) = &self.next {
+            next.relocate(r);
+        }
+    }
+}
+
+impl BarMapper {
+    fn move_trapped(&self, r: &BarReprogram) {
         let old = crate::lock(&self.mapped).remove(&(r.bdf, r.bar));
         if let Some((base, _)) = old {
             // Failure means someone else removed it; nothing left to undo.
@@ -213,7 +219,18 @@ mod tests {
     }
 
     #[test]
-    fn untrapped_moves_go_to_the_ram_relocator() {
+    fn trapped_moves_are_forwarded_after_the_bus_update() {
+        let (_, mmio, pci, bdf) = setup();
+        let rec = Arc::new(crate::pci::test_util::Recorder::default());
+        let m = BarMapper::new(pci, Arc::new(Bus::new()), mmio.clone(), Some(rec.clone()));
+        let r = mv(bdf, 0, 0, 0xd000_0000);
+        m.relocate(&r);
+        assert!(mmio.get(0xd000_0000).is_some());
+        assert_eq!(rec.take(), vec![r]);
+    }
+
+    #[test]
+    fn untrapped_moves_go_to_the_next_relocator() {
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let rec = Arc::new(crate::pci::test_util::Recorder::default());
         let m = BarMapper::new(
