@@ -12,3 +12,71 @@ mod acpi;
 mod cmdline;
 #[path = "guest/src/mem.rs"]
 mod mem;
+
+/// The guest's ACPI parser over the tables Shoal's `arch` crate writes:
+/// the contract of docs/platform.md, checked from both sides.
+#[cfg(test)]
+mod platform_contract {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use crate::acpi::{self, GAS_IO};
+    use crate::mem::Memory;
+
+    struct Ram(GuestMemoryMmap);
+
+    impl Memory for Ram {
+        fn read8(&self, addr: u64) -> u8 {
+            self.0.read_obj::<u8>(GuestAddress(addr)).unwrap_or(0xff)
+        }
+
+        fn contains(&self, addr: u64, len: u64) -> bool {
+            addr.checked_add(len).is_some_and(|end| end <= 2 << 20)
+        }
+    }
+
+    fn tables(num_cpus: u32) -> (Ram, u64) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let config = arch::acpi::AcpiConfig {
+            num_cpus,
+            ram_bytes: 128 << 20,
+        };
+        let rsdp = arch::acpi::create_acpi_tables(&mem, &config).unwrap();
+        (Ram(mem), rsdp.0)
+    }
+
+    #[test]
+    fn guest_finds_every_cpu_in_shoal_madt() {
+        let (ram, rsdp) = tables(3);
+        let info = acpi::discover(&ram, rsdp).unwrap();
+        let madt = info.madt.unwrap();
+        assert_eq!(madt.apic_ids(), &[0, 1, 2]);
+        assert_eq!(madt.lapic_address, 0xfee0_0000);
+        assert_eq!(madt.ioapic, Some((0, 0xfec0_0000, 0)));
+    }
+
+    #[test]
+    fn guest_finds_shoal_sleep_and_reset_registers() {
+        let (ram, rsdp) = tables(1);
+        let fadt = acpi::discover(&ram, rsdp).unwrap().fadt.unwrap();
+        assert_ne!(fadt.flags & acpi::FADT_HW_REDUCED, 0);
+        assert_eq!(
+            (fadt.sleep_control.space, fadt.sleep_control.address),
+            (GAS_IO, 0x3c0)
+        );
+        assert_eq!(
+            (fadt.sleep_status.space, fadt.sleep_status.address),
+            (GAS_IO, 0x3c1)
+        );
+        assert_eq!(
+            (fadt.reset_reg.space, fadt.reset_reg.address),
+            (GAS_IO, 0x3c4)
+        );
+        assert_eq!(fadt.reset_value, 1);
+    }
+
+    #[test]
+    fn guest_finds_shoal_rsdp_by_scanning() {
+        let (ram, rsdp) = tables(1);
+        assert_eq!(acpi::find_rsdp(&ram, 0), Ok(rsdp));
+    }
+}
