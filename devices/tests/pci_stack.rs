@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The PCI stack wired the way the vmm wires it, driven the way a guest
+#![allow(clippy::unwrap_used)] // Test helpers outside #[test] fns; a failure is a test failure.
 //! driver drives it, through the public API only.
 
 use std::io;
