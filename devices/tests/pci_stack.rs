@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The PCI stack wired the way the vmm wires it, driven the way a guest
-#![allow(clippy::unwrap_used)] // Test helpers outside #[test] fns; a failure is a test failure.
 //! driver drives it, through the public API only.
+#![allow(clippy::unwrap_used)] // Test helpers outside #[test] fns; a failure is a test failure.
 
 use std::io;
 use std::sync::{Arc, Mutex};
