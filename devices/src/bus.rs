@@ -385,6 +385,41 @@ mod tests {
     }
 
     #[test]
+    fn insert_and_lookup_agree_with_a_naive_model() {
+        let bus = Bus::new();
+        let mut model: Vec<(u64, u64)> = Vec::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let base = next() % 0x400;
+            let len = next() % 0x20 + 1;
+            let clash = model.iter().any(|(b, l)| base < b + l && *b < base + len);
+            assert_eq!(bus.insert(probe().1, base, len).is_ok(), !clash);
+            if !clash {
+                model.push((base, len));
+            }
+            if next() % 4 == 0 && !model.is_empty() {
+                let i = (next() as usize) % model.len();
+                let (b, _) = model.swap_remove(i);
+                bus.remove(b).unwrap();
+            }
+        }
+        for addr in 0..0x440u64 {
+            let want = model.iter().find(|(b, l)| addr >= *b && addr < b + l);
+            assert_eq!(
+                bus.get(addr).map(|g| (g.0, g.1)),
+                want.copied(),
+                "{addr:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn device_may_touch_bus_during_access() {
         struct Mover(Arc<Bus>);
         impl BusDevice for Mover {

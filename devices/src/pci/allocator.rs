@@ -286,6 +286,33 @@ mod tests {
     }
 
     #[test]
+    fn random_allocations_stay_aligned_disjoint_and_inside() {
+        let mut a = alloc();
+        let mut got: Vec<(u64, u64)> = Vec::new();
+        let mut x: u64 = 12345;
+        for _ in 0..500 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let size = 1u64 << (4 + (x >> 59) % 20);
+            match a.allocate(size, BarKind::Mmio32) {
+                Ok(base) => {
+                    assert_eq!(base % size, 0);
+                    assert!(base >= MMIO32_START && base + size <= MMIO32_END);
+                    assert!(got.iter().all(|(b, s)| base + size <= *b || b + s <= base));
+                    got.push((base, size));
+                }
+                Err(e) => assert!(matches!(e, AllocatorError::Exhausted { .. })),
+            }
+            if x % 3 == 0 && !got.is_empty() {
+                let (b, _) = got.swap_remove((x >> 32) as usize % got.len());
+                a.free(b, BarKind::Mmio32).unwrap();
+            }
+        }
+        assert!(!got.is_empty());
+    }
+
+    #[test]
     fn assign_bars_programs_the_device() {
         let mut cfg = PciConfiguration::new(&PciHeader::default(), false);
         cfg.add_bar(0, 0x100, BarKind::Mmio32, true).unwrap();
