@@ -61,6 +61,17 @@ impl Intx {
         self.update(config)
     }
 
+    /// Drives the line again if it should still be asserted; call when the
+    /// interrupt controller reports an EOI (KVM irqfd resample). KVM clears
+    /// the pin on resample, and under PVM the resample can come before the
+    /// guest handler ran, so a still-pending function must re-assert.
+    pub fn resample(&mut self) -> io::Result<()> {
+        if self.asserted {
+            self.line.set_level(true)?;
+        }
+        Ok(())
+    }
+
     /// Re-evaluates the line; call after every config write (the guest may
     /// have toggled Interrupt Disable) and after restore.
     pub fn update(&mut self, config: &PciConfiguration) -> io::Result<()> {
@@ -113,6 +124,19 @@ mod tests {
         i.set_pending(&mut c, true).unwrap();
         i.set_pending(&mut c, false).unwrap();
         assert_eq!(*level.0.lock().unwrap(), vec![true, false]);
+    }
+
+    #[test]
+    fn resample_reasserts_only_while_pending() {
+        let level = Arc::new(Level::default());
+        let mut c = PciConfiguration::new(&PciHeader::default(), false);
+        let mut i = Intx::new(level.clone());
+        i.resample().unwrap();
+        i.set_pending(&mut c, true).unwrap();
+        i.resample().unwrap();
+        i.set_pending(&mut c, false).unwrap();
+        i.resample().unwrap();
+        assert_eq!(*level.0.lock().unwrap(), vec![true, true, false]);
     }
 
     #[test]
