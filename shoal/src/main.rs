@@ -1,2 +1,43 @@
 // SPDX-License-Identifier: Apache-2.0
-fn main() {}
+//! The `shoal` command: run a VM, serve a shared-memory group.
+
+mod logger;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Shoal: a KVM virtual machine monitor with shared memory across VMs.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a VM and run it until the guest powers off.
+    Run(run::RunArgs),
+}
+
+/// Prints an error and its sources on one line.
+pub fn report(err: &dyn std::error::Error) {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    eprintln!("shoal: error: {line}");
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+    }
+}

@@ -1,2 +1,40 @@
 // SPDX-License-Identifier: Apache-2.0
-//! vmm
+//! One VM's lifecycle.
+//!
+//! `vmm` wires the other crates together: it creates the KVM VM through
+//! `hypervisor`, lays out and loads the guest with `arch`, builds the device
+//! models of `devices` (and later `shmem-group`) and connects them to KVM,
+//! runs one thread per vCPU, and drives everything from one control loop.
+//! Nothing below it depends on it.
+
+pub mod config;
+pub mod device_manager;
+pub mod memory;
+mod signals;
+pub mod vcpu;
+mod vm;
+
+pub use vm::{run, Error};
+
+/// What the control loop hears about.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// The guest powered the machine off.
+    PowerOff,
+    /// The guest reset the machine (or triple-faulted).
+    Reset,
+    /// A vCPU failed; the VM cannot continue.
+    Failed(String),
+    /// The VMM process received a terminating signal.
+    Signal(i32),
+}
+
+/// Why a VM stopped, when it stopped cleanly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    PowerOff,
+    /// The guest reset and rebooting was not asked for.
+    Reset,
+    /// SIGTERM, SIGINT or SIGHUP.
+    Signal(i32),
+}

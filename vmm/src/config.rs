@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What a VM is made of, as the user asked for it, and its validation.
+
+use std::path::PathBuf;
+
+/// Smallest guest memory Shoal accepts.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest memory Shoal accepts (the 64-bit PCI window sits above RAM).
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Default guest memory.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// Errors in a VM configuration. Each names the bad value and what to do.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "cannot parse size {0:?}: use a number with an optional K, M, G or T suffix, e.g. 512M"
+    )]
+    BadSize(String),
+    #[error("--memory {0} is too small: a guest needs at least {min} MiB", min = MIN_MEMORY >> 20)]
+    MemoryTooSmall(String),
+    #[error("--memory {0} is too large: at most {max} GiB is supported", max = MAX_MEMORY >> 30)]
+    MemoryTooLarge(String),
+    #[error("--memory {0} is not a multiple of 4 KiB")]
+    MemoryUnaligned(String),
+    #[error("--cpus 0: a VM needs at least one vCPU")]
+    NoCpus,
+    #[error("--cpus {0}: this host's KVM allows at most {1} vCPUs per VM")]
+    TooManyCpus(u32, u32),
+    #[error("--cpus {0}: Shoal supports at most 254 vCPUs (one xAPIC ID each)")]
+    CpusAboveApicLimit(u32),
+    #[error("bad --serial {0:?}: use stdout, off or file=PATH")]
+    BadSerial(String),
+}
+
+/// Where the guest's COM1 output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialOutput {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+impl std::str::FromStr for SerialOutput {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "stdout" => Ok(SerialOutput::Stdout),
+            "off" => Ok(SerialOutput::Off),
+            _ => match s.strip_prefix("file=") {
+                Some(p) if !p.is_empty() => Ok(SerialOutput::File(PathBuf::from(p))),
+                _ => Err(ConfigError::BadSerial(s.to_string())),
+            },
+        }
+    }
+}
+
+/// A whole VM as the user asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u32,
+    pub memory: u64,
+    pub serial: SerialOutput,
+    /// Reboot when the guest resets (otherwise exit).
+    pub reboot: bool,
+}
+
+/// Parses a size such as `128M`, `4G`, `65536` or `1.5G` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_string());
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let num = num.strip_suffix(['i', 'I']).unwrap_or(num);
+    if num.is_empty() {
+        return Err(bad());
+    }
+    if let Some((whole, frac)) = num.split_once('.') {
+        if shift == 0 || frac.is_empty() || frac.len() > 6 {
+            return Err(bad());
+        }
+        let whole: u64 = whole.parse().map_err(|_| bad())?;
+        let frac_digits: u64 = frac.parse().map_err(|_| bad())?;
+        let scale = 10u64.pow(frac.len() as u32);
+        let unit = 1u64 << shift;
+        let w = whole.checked_mul(unit).ok_or_else(bad)?;
+        let f = frac_digits
+            .checked_mul(unit)
+            .ok_or_else(bad)?
+            .checked_div(scale)
+            .ok_or_else(bad)?;
+        return w.checked_add(f).ok_or_else(bad);
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Parses and checks `--memory`.
+pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
+    let bytes = parse_size(s)?;
+    if bytes < MIN_MEMORY {
+        return Err(ConfigError::MemoryTooSmall(s.to_string()));
+    }
+    if bytes > MAX_MEMORY {
+        return Err(ConfigError::MemoryTooLarge(s.to_string()));
+    }
+    if bytes % 4096 != 0 {
+        return Err(ConfigError::MemoryUnaligned(s.to_string()));
+    }
+    Ok(bytes)
+}
+
+/// Checks a vCPU count against what the host's KVM allows.
+pub fn check_cpus(cpus: u32, max_vcpus: u32) -> Result<(), ConfigError> {
+    if cpus == 0 {
+        return Err(ConfigError::NoCpus);
+    }
+    if cpus > 254 {
+        return Err(ConfigError::CpusAboveApicLimit(cpus));
+    }
+    if cpus > max_vcpus {
+        return Err(ConfigError::TooManyCpus(cpus, max_vcpus));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_with_suffixes_parse() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("4GiB"), Err(ConfigError::BadSize("4GiB".into())));
+        assert_eq!(parse_size("4Gi"), Ok(4 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2k"), Ok(2048));
+    }
+
+    #[test]
+    fn garbage_sizes_are_rejected() {
+        for s in [
+            "",
+            "M",
+            "12Q",
+            "-1G",
+            "1..5G",
+            "99999999999999999999",
+            "16777216T",
+            "1.5",
+        ] {
+            assert!(parse_size(s).is_err(), "{s} parsed");
+        }
+    }
+
+    #[test]
+    fn memory_limits_are_enforced() {
+        assert_eq!(
+            parse_memory("1M"),
+            Err(ConfigError::MemoryTooSmall("1M".into()))
+        );
+        assert_eq!(
+            parse_memory("2T"),
+            Err(ConfigError::MemoryTooLarge("2T".into()))
+        );
+        assert_eq!(
+            parse_memory("16777217"),
+            Err(ConfigError::MemoryUnaligned("16777217".into()))
+        );
+        assert_eq!(parse_memory("128M"), Ok(128 << 20));
+    }
+
+    #[test]
+    fn cpu_counts_are_checked() {
+        assert_eq!(check_cpus(0, 8), Err(ConfigError::NoCpus));
+        assert_eq!(check_cpus(9, 8), Err(ConfigError::TooManyCpus(9, 8)));
+        assert_eq!(
+            check_cpus(300, 1024),
+            Err(ConfigError::CpusAboveApicLimit(300))
+        );
+        assert_eq!(check_cpus(2, 8), Ok(()));
+    }
+
+    #[test]
+    fn serial_options_parse() {
+        assert_eq!("stdout".parse(), Ok(SerialOutput::Stdout));
+        assert_eq!("off".parse(), Ok(SerialOutput::Off));
+        assert_eq!(
+            "file=/tmp/x".parse(),
+            Ok(SerialOutput::File(PathBuf::from("/tmp/x")))
+        );
+        assert!("file=".parse::<SerialOutput>().is_err());
+        assert!("tty".parse::<SerialOutput>().is_err());
+    }
+}

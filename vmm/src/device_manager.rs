@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Builds the platform devices, puts them on the port and MMIO buses, and
+//! connects their interrupts to KVM.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use devices::acpi::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
+use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use devices::serial::{Serial, SerialOut, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
+use devices::{Bus, BusError, VmControl};
+use hypervisor::Vm;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::SerialOutput;
+use crate::vcpu::ExitHandler;
+use crate::VmEvent;
+
+/// Errors of device set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot open the serial output file {0}")]
+    SerialFile(std::path::PathBuf, #[source] std::io::Error),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot connect an interrupt to KVM")]
+    Irq(#[source] hypervisor::Error),
+    #[error("cannot place a device on the bus")]
+    Bus(#[source] BusError),
+}
+
+/// Device requests for power-off and reset, sent to the control loop.
+#[derive(Debug)]
+struct ControlSender(Mutex<Sender<VmEvent>>);
+
+impl VmControl for ControlSender {
+    fn request(&self, ev: devices::VmEvent) {
+        let event = match ev {
+            devices::VmEvent::PowerOff => VmEvent::PowerOff,
+            devices::VmEvent::Reset => VmEvent::Reset,
+        };
+        if let Ok(tx) = self.0.lock() {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// Serial output that goes straight to a file descriptor, unbuffered, so the
+/// guest's bytes appear as they are written.
+struct StdoutSink;
+
+impl Write for StdoutSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout().lock().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush()
+    }
+}
+
+fn serial_out(output: &SerialOutput) -> Result<SerialOut, DeviceError> {
+    Ok(match output {
+        SerialOutput::Stdout => Box::new(StdoutSink),
+        SerialOutput::Off => Box::new(std::io::sink()),
+        SerialOutput::File(path) => {
+            Box::new(File::create(path).map_err(|e| DeviceError::SerialFile(path.clone(), e))?)
+        }
+    })
+}
+
+/// All devices of one VM and the buses that reach them.
+#[derive(Debug)]
+pub struct DeviceManager {
+    pio: Bus,
+    mmio: Bus,
+    /// Eventfds wired to KVM irqfds; kept open for the VM's lifetime.
+    _irqfds: Vec<Arc<EventFd>>,
+}
+
+impl DeviceManager {
+    /// Creates the legacy platform devices of `docs/platform.md`.
+    pub fn new(
+        vm: &dyn Vm,
+        serial: &SerialOutput,
+        events: Sender<VmEvent>,
+    ) -> Result<Self, DeviceError> {
+        let control: Arc<dyn VmControl> = Arc::new(ControlSender(Mutex::new(events)));
+        let pio = Bus::new();
+        let mmio = Bus::new();
+
+        let com1_irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?);
+        vm.register_irqfd(com1_irq.as_raw_fd(), COM1_IRQ, None)
+            .map_err(DeviceError::Irq)?;
+        let serial = Serial::new(com1_irq.clone(), serial_out(serial)?);
+        pio.insert(Arc::new(Mutex::new(serial)), COM1_BASE, SERIAL_PORT_LEN)
+            .map_err(DeviceError::Bus)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(control.clone()))),
+            I8042_BASE,
+            I8042_LEN,
+        )
+        .map_err(DeviceError::Bus)?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPm::new(control))),
+            ACPI_PM_BASE,
+            ACPI_PM_LEN,
+        )
+        .map_err(DeviceError::Bus)?;
+
+        Ok(DeviceManager {
+            pio,
+            mmio,
+            _irqfds: vec![com1_irq],
+        })
+    }
+}
+
+impl ExitHandler for DeviceManager {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if self.pio.read(u64::from(port), data).is_err() {
+            log::debug!("unhandled port read {port:#x} ({} bytes)", data.len());
+        }
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        if self.pio.write(u64::from(port), data).is_err() {
+            log::debug!("unhandled port write {port:#x} ({} bytes)", data.len());
+        }
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if self.mmio.read(addr, data).is_err() {
+            log::debug!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if self.mmio.write(addr, data).is_err() {
+            log::debug!("unhandled MMIO write {addr:#x} ({} bytes)", data.len());
+        }
+    }
+}

@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Building a VM from its configuration, and the control loop that runs it.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use hypervisor::kvm::KvmHypervisor;
+use hypervisor::{Hypervisor, Vcpu, Vm};
+
+use crate::config::{self, VmConfig};
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::{stop_all, RunState, VcpuThread};
+use crate::{signals, ExitReason, VmEvent};
+
+/// MSR that PVM hosts answer with "PVM" (0x4d5650): guests that are not PVM
+/// kernels then run in KVM's instruction emulator.
+const MSR_PVM_SIGNATURE: u32 = 0x4b56_4d11;
+const PVM_SIGNATURE: u64 = 0x4d_5650;
+
+/// Errors that stop a VM from booting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("KVM")]
+    Hypervisor(#[from] hypervisor::Error),
+    #[error("invalid configuration")]
+    Config(#[from] config::ConfigError),
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    #[error("guest platform layout")]
+    Layout(#[from] arch::LayoutError),
+    #[error("cannot load the kernel {0}")]
+    Kernel(std::path::PathBuf, #[source] arch::LoaderError),
+    #[error("cannot load the initramfs {0}")]
+    Initramfs(std::path::PathBuf, #[source] arch::LoaderError),
+    #[error("cannot write the ACPI tables")]
+    Acpi(#[source] arch::AcpiError),
+    #[error("cannot write the boot information")]
+    Boot(#[source] arch::BootError),
+    #[error("cannot set up the boot vCPU")]
+    BootRegs(#[source] arch::RegsError),
+    #[error("cannot set up vCPU {0}")]
+    Vcpu(u32, #[source] hypervisor::Error),
+    #[error("devices")]
+    Devices(#[from] DeviceError),
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the guest failed: {0}")]
+    Guest(String),
+}
+
+/// A booted VM with its vCPU threads running.
+struct RunningVm {
+    // Order matters on drop: threads stop before devices and memory go.
+    threads: Vec<VcpuThread>,
+    run: Arc<RunState>,
+    _devices: Arc<DeviceManager>,
+    _ram: GuestRam,
+    _vm: Arc<dyn Vm>,
+}
+
+impl RunningVm {
+    fn stop(&mut self) {
+        stop_all(&self.run, &mut self.threads);
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn is_emulated(vcpu: &dyn Vcpu) -> bool {
+    vcpu.msrs(&[MSR_PVM_SIGNATURE])
+        .ok()
+        .and_then(|m| m.first().map(|e| e.data == PVM_SIGNATURE))
+        .unwrap_or(false)
+}
+
+fn configure_vcpu(
+    vcpu: &dyn Vcpu,
+    id: u32,
+    config: &VmConfig,
+    supported: &[hypervisor::x86_64::CpuIdEntry],
+    emulated: bool,
+) -> Result<(), Error> {
+    let opts = arch::CpuidOptions { emulated };
+    let cpuid = arch::build_cpuid(supported, id, config.cpus, &opts);
+    vcpu.set_cpuid(&cpuid).map_err(|e| Error::Vcpu(id, e))?;
+    vcpu.set_msrs(&arch::boot_msrs())
+        .map_err(|e| Error::Vcpu(id, e))?;
+    vcpu.setup_lint().map_err(|e| Error::Vcpu(id, e))?;
+    Ok(())
+}
+
+fn boot(
+    hyp: &KvmHypervisor,
+    config: &VmConfig,
+    events: &Sender<VmEvent>,
+) -> Result<RunningVm, Error> {
+    config::check_cpus(config.cpus, hyp.max_vcpus())?;
+    arch::check_ram_bytes(config.memory)?;
+    arch::check_vcpu_count(config.cpus)?;
+
+    let vm = hyp.create_vm()?;
+    vm.create_irqchip()?;
+    let ram = GuestRam::new(&arch::ram_regions(config.memory))?;
+    ram.register(vm.as_ref())?;
+    let mem = ram.memory();
+
+    let mut kernel_file =
+        arch::open_image(&config.kernel).map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
+    let kernel = arch::load_kernel(mem, &mut kernel_file)
+        .map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
+    let initramfs = match &config.initramfs {
+        Some(path) => {
+            let mut f = arch::open_image(path).map_err(|e| Error::Initramfs(path.clone(), e))?;
+            Some(
+                arch::load_initramfs(mem, &mut f, kernel.kernel_end)
+                    .map_err(|e| Error::Initramfs(path.clone(), e))?,
+            )
+        }
+        None => None,
+    };
+    let acpi = arch::AcpiConfig {
+        num_cpus: config.cpus,
+        ram_bytes: config.memory,
+    };
+    let rsdp = arch::create_acpi_tables(mem, &acpi).map_err(Error::Acpi)?;
+    let mut boot = arch::BootConfig::new(&kernel, &config.cmdline, config.memory);
+    boot.initramfs = initramfs;
+    boot.rsdp_addr = Some(rsdp);
+    arch::configure_boot(mem, &boot).map_err(Error::Boot)?;
+
+    let devices = Arc::new(DeviceManager::new(
+        vm.as_ref(),
+        &config.serial,
+        events.clone(),
+    )?);
+
+    let supported = hyp.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(config.cpus as usize);
+    let mut emulated = false;
+    for id in 0..config.cpus {
+        let vcpu = vm.create_vcpu(id).map_err(|e| Error::Vcpu(id, e))?;
+        if id == 0 {
+            emulated = is_emulated(vcpu.as_ref());
+            if emulated {
+                log::info!("KVM is PVM: this guest runs in KVM's instruction emulator");
+            }
+        }
+        configure_vcpu(vcpu.as_ref(), id, config, &supported, emulated)?;
+        if id == 0 {
+            let base = vcpu.sregs().map_err(|e| Error::Vcpu(id, e))?;
+            let sregs = arch::boot_sregs(mem, kernel.protocol, &base).map_err(Error::BootRegs)?;
+            vcpu.set_sregs(&sregs).map_err(|e| Error::Vcpu(id, e))?;
+            let regs = arch::boot_regs(
+                kernel.protocol,
+                kernel.entry_addr,
+                kernel.protocol.boot_info_addr(),
+            );
+            vcpu.set_regs(&regs).map_err(|e| Error::Vcpu(id, e))?;
+            vcpu.set_fpu(&arch::boot_fpu())
+                .map_err(|e| Error::Vcpu(id, e))?;
+        }
+        vcpus.push(vcpu);
+    }
+
+    let run = Arc::new(RunState::default());
+    let mut running = RunningVm {
+        threads: Vec::with_capacity(vcpus.len()),
+        run: run.clone(),
+        _devices: devices.clone(),
+        _ram: ram,
+        _vm: vm,
+    };
+    for (id, vcpu) in (0u32..).zip(vcpus) {
+        let t = VcpuThread::spawn(id, vcpu, devices.clone(), run.clone(), events.clone())
+            .map_err(Error::Thread)?;
+        running.threads.push(t);
+    }
+    Ok(running)
+}
+
+fn control_loop(rx: &Receiver<VmEvent>) -> VmEvent {
+    // The sender side lives in `run`, so recv only fails if that is gone.
+    rx.recv()
+        .unwrap_or_else(|_| VmEvent::Failed("control channel closed".into()))
+}
+
+/// Boots the VM described by `config` and runs it until the guest powers
+/// off, a signal arrives, or something fails. Reboots on guest reset when
+/// `config.reboot` is set.
+pub fn run(config: VmConfig) -> Result<ExitReason, Error> {
+    let hyp = KvmHypervisor::new()?;
+    let (tx, rx) = channel();
+    signals::forward_terminating_signals(tx.clone()).map_err(Error::Thread)?;
+    loop {
+        let mut vm = boot(&hyp, &config, &tx)?;
+        let event = control_loop(&rx);
+        vm.stop();
+        drop(vm);
+        match event {
+            VmEvent::PowerOff => return Ok(ExitReason::PowerOff),
+            VmEvent::Signal(sig) => return Ok(ExitReason::Signal(sig)),
+            VmEvent::Failed(why) => return Err(Error::Guest(why)),
+            VmEvent::Reset if config.reboot => {
+                log::info!("guest reset: rebooting");
+                // Drop events that raced with the reset (e.g. a second vCPU's).
+                while rx.try_recv().is_ok() {}
+            }
+            VmEvent::Reset => return Ok(ExitReason::Reset),
+        }
+    }
+}
