@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use devices::acpi::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use devices::pci::config_mmio::{ECAM_BASE, ECAM_SIZE};
+use devices::pci::{BarAllocator, BarMapper, PciBus, PciConfigIo, PciConfigMmio};
 use devices::serial::{Serial, SerialOut, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 use devices::{Bus, BusError, VmControl};
 use hypervisor::Vm;
@@ -30,7 +32,15 @@ pub enum DeviceError {
     Irq(#[source] hypervisor::Error),
     #[error("cannot place a device on the bus")]
     Bus(#[source] BusError),
+    #[error("cannot set up the PCI BAR windows")]
+    BarWindows(#[source] devices::pci::AllocatorError),
+    #[error("cannot map PCI BARs")]
+    BarMap(#[source] devices::pci::BarMapperError),
 }
+
+/// PCI configuration mechanism #1 ports.
+const PCI_CONFIG_IO_BASE: u64 = 0xcf8;
+const PCI_CONFIG_IO_LEN: u64 = 8;
 
 /// Device requests for power-off and reset, sent to the control loop.
 #[derive(Debug)]
@@ -75,8 +85,11 @@ fn serial_out(output: &SerialOutput) -> Result<SerialOut, DeviceError> {
 /// All devices of one VM and the buses that reach them.
 #[derive(Debug)]
 pub struct DeviceManager {
-    pio: Bus,
-    mmio: Bus,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    pci: Arc<Mutex<PciBus>>,
+    bar_mapper: Arc<BarMapper>,
+    bar_allocator: Mutex<BarAllocator>,
     /// Eventfds wired to KVM irqfds; kept open for the VM's lifetime.
     _irqfds: Vec<Arc<EventFd>>,
 }
@@ -87,10 +100,11 @@ impl DeviceManager {
         vm: &dyn Vm,
         serial: &SerialOutput,
         events: Sender<VmEvent>,
+        mmio64_window: (u64, u64),
     ) -> Result<Self, DeviceError> {
         let control: Arc<dyn VmControl> = Arc::new(ControlSender(Mutex::new(events)));
-        let pio = Bus::new();
-        let mmio = Bus::new();
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
 
         let com1_irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?);
         vm.register_irqfd(com1_irq.as_raw_fd(), COM1_IRQ, None)
@@ -111,11 +125,53 @@ impl DeviceManager {
         )
         .map_err(DeviceError::Bus)?;
 
+        let pci = Arc::new(Mutex::new(PciBus::new()));
+        let bar_mapper = Arc::new(BarMapper::new(pci.clone(), pio.clone(), mmio.clone(), None));
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(
+                pci.clone(),
+                bar_mapper.clone(),
+            ))),
+            PCI_CONFIG_IO_BASE,
+            PCI_CONFIG_IO_LEN,
+        )
+        .map_err(DeviceError::Bus)?;
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(
+                pci.clone(),
+                bar_mapper.clone(),
+            ))),
+            ECAM_BASE,
+            ECAM_SIZE,
+        )
+        .map_err(DeviceError::Bus)?;
+        let bar_allocator =
+            BarAllocator::new(mmio64_window.0, mmio64_window.1).map_err(DeviceError::BarWindows)?;
+
         Ok(DeviceManager {
             pio,
             mmio,
+            pci,
+            bar_mapper,
+            bar_allocator: Mutex::new(bar_allocator),
             _irqfds: vec![com1_irq],
         })
+    }
+
+    /// Maps the BARs of every PCI function on the buses (call once all
+    /// devices are added, before the vCPUs run).
+    pub fn map_bars(&self) -> Result<(), DeviceError> {
+        self.bar_mapper.map_all().map_err(DeviceError::BarMap)
+    }
+
+    /// The PCI root bus.
+    pub fn pci(&self) -> &Arc<Mutex<PciBus>> {
+        &self.pci
+    }
+
+    /// The BAR allocator over the PCI windows.
+    pub fn bar_allocator(&self) -> &Mutex<BarAllocator> {
+        &self.bar_allocator
     }
 }
 

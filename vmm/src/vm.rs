@@ -133,11 +133,14 @@ fn boot(
     boot.rsdp_addr = Some(rsdp);
     arch::configure_boot(mem, &boot).map_err(Error::Boot)?;
 
+    let (mmio64_base, mmio64_size) = arch::mmio64_window(config.memory);
     let devices = Arc::new(DeviceManager::new(
         vm.as_ref(),
         &config.serial,
         events.clone(),
+        (mmio64_base.0, mmio64_size),
     )?);
+    devices.map_bars()?;
 
     let supported = hyp.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(config.cpus as usize);
