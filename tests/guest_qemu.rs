@@ -142,3 +142,39 @@ fn pc_machine_pci_scan_lists_host_bridge_and_ivshmem() {
         vm.output()
     );
 }
+
+#[test]
+fn microvm_self_ipis_reach_the_handler_and_return() {
+    let Some(qemu) = qemu() else {
+        eprintln!("skipped: qemu-system-x86_64 is not installed");
+        return;
+    };
+    let command = qemu_command(&qemu, "microvm,acpi=on", accel(), 1, "scenario=irq count=5");
+    let mut vm = GuestProcess::spawn(command).unwrap();
+    vm.wait_for_line("SHOAL-TG irq 0x40 delivered 5", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+    assert!(vm.wait_for_exit(TIMEOUT).unwrap().success());
+    assert!(vm.error_lines().is_empty(), "{}", vm.output());
+}
+
+#[test]
+fn microvm_page_fault_is_reported_and_powers_off() {
+    let Some(qemu) = qemu() else {
+        eprintln!("skipped: qemu-system-x86_64 is not installed");
+        return;
+    };
+    let command = qemu_command(
+        &qemu,
+        "microvm,acpi=on",
+        accel(),
+        1,
+        "scenario=fault kind=pf",
+    );
+    let mut vm = GuestProcess::spawn(command).unwrap();
+    let line = vm
+        .wait_for_line("SHOAL-TG error exception 14", TIMEOUT)
+        .unwrap();
+    assert!(line.ends_with("cr2 0x1000000000"), "{line}");
+    assert!(vm.wait_for_exit(TIMEOUT).unwrap().success());
+}

@@ -9,6 +9,7 @@ use crate::io::{mmio_read32, mmio_write32, pause};
 pub const DEFAULT_BASE: u64 = 0xfee0_0000;
 
 const REG_ID: u64 = 0x20;
+const REG_EOI: u64 = 0xb0;
 const REG_SVR: u64 = 0xf0;
 const REG_ICR_LOW: u64 = 0x300;
 const REG_ICR_HIGH: u64 = 0x310;
@@ -18,6 +19,7 @@ const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const ICR_INIT: u32 = 0x500;
 const ICR_STARTUP: u32 = 0x600;
+const ICR_DEST_SELF: u32 = 1 << 18;
 /// Polls of the ICR delivery-status bit before giving up on an IPI.
 const ICR_WAIT_LIMIT: u32 = 100_000;
 
@@ -67,4 +69,16 @@ pub fn start_cpu(apic_id: u8, vector: u8) -> bool {
     send_ipi(apic_id, ICR_INIT | ICR_LEVEL_ASSERT)
         && send_ipi(apic_id, startup)
         && send_ipi(apic_id, startup)
+}
+
+/// Signals end of interrupt to the calling CPU's local APIC.
+pub fn eoi() {
+    mmio_write32(reg(REG_EOI), 0);
+}
+
+/// Sends a fixed interrupt with `vector` to the calling CPU; false if the
+/// local APIC never accepted it.
+pub fn send_self(vector: u8) -> bool {
+    mmio_write32(reg(REG_ICR_LOW), ICR_DEST_SELF | u32::from(vector));
+    wait_idle()
 }

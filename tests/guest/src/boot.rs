@@ -198,6 +198,7 @@ shoal_ap_tramp_gdt_ptr:
     .global shoal_ap_tramp_end
 shoal_ap_tramp_end:
     .code64
+    .balign 16, 0x90
 
     .section .rodata.boot, "a", @progbits
     .balign 16

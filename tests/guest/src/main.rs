@@ -18,6 +18,7 @@ mod acpi;
 mod apic;
 mod boot;
 mod cmdline;
+mod interrupts;
 mod io;
 mod mem;
 mod pci;
@@ -53,6 +54,7 @@ pub extern "C" fn shoal_bsp_main(start_info_addr: u32) -> ! {
     io::outb(PIC1_DATA, 0xff);
     io::outb(PIC2_DATA, 0xff);
     serial::init();
+    interrupts::init();
 
     let info = match StartInfo::read(u64::from(start_info_addr)) {
         Ok(info) => Some(info),

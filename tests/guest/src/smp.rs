@@ -8,7 +8,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::io::{halt_forever, pause};
-use crate::{apic, boot, serial};
+use crate::{apic, boot, interrupts, serial};
 
 /// One bit per APIC ID (xAPIC IDs are 8 bits).
 static REPORTED: [AtomicU64; 4] = [
@@ -45,6 +45,7 @@ fn print_up(apic_id: u32) {
 /// Rust entry of an application processor (called from `boot`).
 #[no_mangle]
 pub extern "C" fn shoal_ap_main(_slot: u32) -> ! {
+    interrupts::load();
     let id = apic::id();
     print_up(id);
     mark(id);

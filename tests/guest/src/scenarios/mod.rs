@@ -9,6 +9,8 @@
 //! returns.
 
 mod boot;
+mod fault;
+mod irq;
 
 use crate::acpi::{Fadt, Madt};
 use crate::cmdline::Args;
@@ -35,10 +37,20 @@ pub struct Scenario {
 }
 
 /// Every scenario.
-pub const SCENARIOS: &[Scenario] = &[Scenario {
-    name: "boot",
-    run: boot::run,
-}];
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "boot",
+        run: boot::run,
+    },
+    Scenario {
+        name: "irq",
+        run: irq::run,
+    },
+    Scenario {
+        name: "fault",
+        run: fault::run,
+    },
+];
 
 /// The scenario called `name`.
 pub fn find(name: &[u8]) -> Option<&'static Scenario> {
