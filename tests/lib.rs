@@ -352,6 +352,12 @@ impl GuestProcess {
         // until the deadline rather than block forever on a wedged child.
         loop {
             if let Some(status) = self.child.try_wait().map_err(HarnessError::Wait)? {
+                // Let the stderr reader take the last bytes before anyone
+                // reads `stderr()` (bounded: a grandchild may hold the pipe).
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline
+                {
+                    thread::sleep(Duration::from_millis(1));
+                }
                 return Ok(status);
             }
             if Instant::now() >= deadline {
