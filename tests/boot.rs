@@ -11,7 +11,6 @@ use shoal_tests::{GuestProcess, GUEST_DONE};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
-#[ignore = "needs a `shoal run` that boots PVH guests"]
 fn boot_scenario_brings_up_two_cpus_lists_host_bridge_and_powers_off() {
     let mut vm =
         GuestProcess::boot_test_guest("scenario=boot", &["--cpus", "2", "--memory", "128M"])
@@ -33,7 +32,6 @@ fn boot_scenario_brings_up_two_cpus_lists_host_bridge_and_powers_off() {
 }
 
 #[test]
-#[ignore = "needs a `shoal run` that boots PVH guests"]
 fn unknown_scenario_is_reported_and_the_vm_powers_off() {
     let mut vm = GuestProcess::boot_test_guest("scenario=no-such", &["--memory", "128M"]).unwrap();
     vm.wait_for_line("SHOAL-TG error unknown scenario no-such", TIMEOUT)

@@ -11,7 +11,6 @@ use shoal_tests::{GuestProcess, GUEST_DONE};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
-#[ignore = "needs a `shoal run` that boots PVH guests"]
 fn self_ipis_reach_the_guest_handler_and_return() {
     let mut vm =
         GuestProcess::boot_test_guest("scenario=irq count=5", &["--memory", "128M"]).unwrap();
@@ -24,7 +23,6 @@ fn self_ipis_reach_the_guest_handler_and_return() {
 }
 
 #[test]
-#[ignore = "needs a `shoal run` that boots PVH guests"]
 fn guest_page_fault_is_reported_and_the_vm_powers_off() {
     let mut vm =
         GuestProcess::boot_test_guest("scenario=fault kind=pf", &["--memory", "128M"]).unwrap();

@@ -354,8 +354,7 @@ impl GuestProcess {
             if let Some(status) = self.child.try_wait().map_err(HarnessError::Wait)? {
                 // Let the stderr reader take the last bytes before anyone
                 // reads `stderr()` (bounded: a grandchild may hold the pipe).
-                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline
-                {
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
                     thread::sleep(Duration::from_millis(1));
                 }
                 return Ok(status);
