@@ -75,6 +75,10 @@ pub enum VmExit<'a> {
     PowerOff,
     /// `KVM_RUN` was interrupted by a signal or by immediate exit.
     Interrupted,
+    /// KVM's instruction emulator met an `int3` it cannot execute (the
+    /// guest runs emulated, as on PVM hosts): call
+    /// [`Vcpu::inject_breakpoint`] and run again.
+    EmulatedInt3,
     /// KVM could not run the guest (entry failure, emulation failure, ...).
     Failed(String),
     /// Any other exit, by its KVM reason number.
@@ -193,6 +197,9 @@ pub trait Vcpu: Send {
     fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrEntry>>;
     /// Writes MSRs; fails naming the first one KVM refused.
     fn set_msrs(&self, entries: &[MsrEntry]) -> Result<()>;
+    /// Does what the CPU does for `int3`: a #BP trap whose saved instruction
+    /// pointer is after the one-byte instruction.
+    fn inject_breakpoint(&self) -> Result<()>;
     /// Sets the local APIC's LINT0 to ExtINT and LINT1 to NMI, as firmware does.
     fn setup_lint(&self) -> Result<()>;
 

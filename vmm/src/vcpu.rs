@@ -160,6 +160,11 @@ fn run_loop(
                 // SAFETY: the flag points at this vCPU's kvm_run page.
                 IMMEDIATE_EXIT.with(|f| unsafe { std::ptr::write_volatile(f.get(), 0) });
             }
+            Ok(VmExit::EmulatedInt3) => {
+                if let Err(e) = vcpu.inject_breakpoint() {
+                    return Some(VmEvent::Failed(format!("vCPU {id}: int3: {e}")));
+                }
+            }
             Ok(VmExit::Hlt) => {
                 return Some(VmEvent::Failed(format!(
                     "vCPU {id} halted with interrupts disabled"

@@ -50,7 +50,43 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
     (reg & !0x700) | (mode << 8)
 }
 
+/// `KVM_INTERNAL_ERROR_EMULATION` with instruction bytes (flag bit 0) whose
+/// first byte is `int3`: KVM's instruction emulator (all of a non-PVM guest's
+/// code on PVM hosts) cannot execute `int3`, which Linux uses for its
+/// self-test and for text patching.
+fn is_emulated_int3(suberror: u32, data: &[u64]) -> bool {
+    const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+    const FLAG_INSTRUCTION_BYTES: u64 = 1;
+    match data {
+        [flags, bytes, ..] => {
+            suberror == KVM_INTERNAL_ERROR_EMULATION
+                && flags & FLAG_INSTRUCTION_BYTES != 0
+                // Byte 0 is the instruction length, byte 1 the first opcode byte.
+                && bytes & 0xff >= 1
+                && (bytes >> 8) & 0xff == 0xcc
+        }
+        _ => false,
+    }
+}
+
 impl Vcpu for KvmVcpu {
+    fn inject_breakpoint(&self) -> Result<()> {
+        let mut regs = self.regs()?;
+        regs.rip = regs.rip.wrapping_add(1);
+        self.set_regs(&regs)?;
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(Error::ioctl("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.nr = 3;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(Error::ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+
     fn run(&mut self) -> Result<VmExit<'_>> {
         // Kept to read the internal-error details below, while `exit` borrows `fd`.
         let run_page = self.fd.get_kvm_run() as *const kvm_bindings::kvm_run;
@@ -75,10 +111,14 @@ impl Vcpu for KvmVcpu {
                     // The kvm_run page stays mapped for the life of the vCPU fd.
                     let internal = unsafe { (*run_page).__bindgen_anon_1.internal };
                     let n = (internal.ndata as usize).min(internal.data.len());
+                    let data = internal.data;
+                    if is_emulated_int3(internal.suberror, &data[..n]) {
+                        return Ok(VmExit::EmulatedInt3);
+                    }
                     VmExit::Failed(format!(
                         "KVM internal error, suberror {} data {:x?}",
                         internal.suberror,
-                        &internal.data[..n]
+                        &data[..n]
                     ))
                 }
                 VcpuExit::Unsupported(reason) => VmExit::Other(reason),
@@ -253,5 +293,25 @@ impl Vcpu for KvmVcpu {
         self.fd
             .set_mp_state(state.mp_state)
             .map_err(Error::ioctl("KVM_SET_MP_STATE"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_emulated_int3;
+
+    #[test]
+    fn int3_emulation_failure_is_recognised() {
+        // flags = instruction bytes present; length 15; bytes cc 90 ...
+        assert!(is_emulated_int3(1, &[1, 0x7c83_9090_9090_cc0f]));
+    }
+
+    #[test]
+    fn other_emulation_failures_are_not_int3() {
+        assert!(!is_emulated_int3(1, &[1, 0x7c83_9090_9090_0b0f]));
+        assert!(!is_emulated_int3(1, &[0, 0x7c83_9090_9090_cc0f]));
+        assert!(!is_emulated_int3(2, &[1, 0x7c83_9090_9090_cc0f]));
+        assert!(!is_emulated_int3(1, &[1, 0xcc00]));
+        assert!(!is_emulated_int3(1, &[1]));
     }
 }
