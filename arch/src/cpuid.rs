@@ -31,7 +31,7 @@ pub struct CpuidOptions {
 pub const LEAF1_ECX_CX16: u32 = 1 << 13;
 /// Leaf 1 ECX: running under a hypervisor.
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Leaf 1 EDX: EBX[23:16] holds the logical processor count.
+/// Leaf 1 EDX: bits 23:16 of EBX hold the logical processor count.
 pub const LEAF1_EDX_HTT: u32 = 1 << 28;
 
 const LEAF_VENDOR: u32 = 0;
