@@ -313,10 +313,17 @@ where
         });
     }
     let ehdr = read_at(kernel, 0, ELF_HEADER_LEN)?;
-    if ehdr[4] != ELF_CLASS_64 {
+    if ehdr.len() < ELF_HEADER_LEN as usize {
+        return Err(LoaderError::Truncated {
+            what: "ELF header",
+            needed: ELF_HEADER_LEN,
+            len: ehdr.len() as u64,
+        });
+    }
+    if ehdr.get(4) != Some(&ELF_CLASS_64) {
         return Err(LoaderError::UnsupportedElf("not a 64-bit ELF"));
     }
-    if ehdr[5] != ELF_DATA_LSB {
+    if ehdr.get(5) != Some(&ELF_DATA_LSB) {
         return Err(LoaderError::UnsupportedElf("not little-endian"));
     }
     if u16_at(&ehdr, 18) != ELF_MACHINE_X86_64 {
