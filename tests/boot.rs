@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shoal_tests::{GuestProcess, GUEST_DONE};
+use shoal_tests::{test_guest_linux64_path, GuestProcess, GUEST_DONE};
 
 /// Generous: the guest runs in KVM's instruction emulator on our machines.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -15,6 +15,7 @@ fn boot_scenario_brings_up_two_cpus_lists_host_bridge_and_powers_off() {
     let mut vm =
         GuestProcess::boot_test_guest("scenario=boot", &["--cpus", "2", "--memory", "128M"])
             .unwrap();
+    vm.wait_for_line("SHOAL-TG entry pvh", TIMEOUT).unwrap();
     vm.wait_for_line("SHOAL-TG start boot", TIMEOUT).unwrap();
     vm.wait_for_line("SHOAL-TG acpi cpus 2", TIMEOUT).unwrap();
     vm.wait_for_line("SHOAL-TG cpu 0 up", TIMEOUT).unwrap();
@@ -38,4 +39,28 @@ fn unknown_scenario_is_reported_and_the_vm_powers_off() {
         .unwrap();
     let status = vm.wait_for_exit(TIMEOUT).unwrap();
     assert!(status.success(), "{status}\n{}", vm.output());
+}
+
+#[test]
+fn linux_64bit_entry_boots_the_same_scenario() {
+    let mut vm = GuestProcess::boot_image(
+        &test_guest_linux64_path(),
+        "scenario=boot",
+        &["--cpus", "2", "--memory", "128M"],
+    )
+    .unwrap();
+    vm.wait_for_line("SHOAL-TG entry linux64", TIMEOUT).unwrap();
+    vm.wait_for_line("SHOAL-TG start boot", TIMEOUT).unwrap();
+    vm.wait_for_line("SHOAL-TG acpi cpus 2", TIMEOUT).unwrap();
+    vm.wait_for_line("SHOAL-TG pci 00:00.0 8086:0d57", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+    let status = vm.wait_for_exit(TIMEOUT).unwrap();
+    assert!(status.success(), "{status}\n{}", vm.output());
+    assert!(
+        vm.guest_lines().contains(&"SHOAL-TG cpu 1 up"),
+        "{}",
+        vm.output()
+    );
+    assert!(vm.error_lines().is_empty(), "{}", vm.output());
 }

@@ -8,6 +8,10 @@
 //! (`tests/guest/target`, shared by every outer target dir and profile).
 //! Everything the outer cargo, clippy or nextest put in the environment that
 //! would change how the nested cargo builds is removed first.
+//!
+//! It also writes a copy without the PVH note (`SHOAL_TEST_GUEST_LINUX64`):
+//! a loader then enters it at the ELF entry point with the Linux 64-bit boot
+//! protocol, which the guest supports too.
 
 use std::env;
 use std::ffi::OsString;
@@ -81,6 +85,64 @@ fn encode(flags: &[OsString]) -> OsString {
     encoded
 }
 
+const PT_NOTE: u32 = 4;
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn read_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Offset in the file of the name of the ELF64 image's PVH note.
+fn pvh_note_name(elf: &[u8]) -> Option<usize> {
+    let phoff = usize::try_from(read_u64(elf, 32)?).ok()?;
+    let phentsize = usize::from(read_u16(elf, 54)?);
+    let phnum = usize::from(read_u16(elf, 56)?);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if read_u32(elf, ph)? != PT_NOTE {
+            continue;
+        }
+        let mut at = usize::try_from(read_u64(elf, ph + 8)?).ok()?;
+        let end = at + usize::try_from(read_u64(elf, ph + 32)?).ok()?;
+        while at + 12 <= end {
+            let namesz = usize::try_from(read_u32(elf, at)?).ok()?;
+            let descsz = usize::try_from(read_u32(elf, at + 4)?).ok()?;
+            let name = at + 12;
+            if read_u32(elf, at + 8)? == XEN_ELFNOTE_PHYS32_ENTRY
+                && elf.get(name..name + namesz)? == b"Xen\0"
+            {
+                return Some(name);
+            }
+            at = name + namesz.div_ceil(4) * 4 + descsz.div_ceil(4) * 4;
+        }
+    }
+    None
+}
+
+/// Writes `image` to `out` with its PVH note renamed ("Xen" to "Shl"), so
+/// loaders use the ELF entry point and the Linux 64-bit boot protocol.
+fn write_linux64_variant(image: &Path, out: &Path) {
+    let mut elf = match std::fs::read(image) {
+        Ok(elf) => elf,
+        Err(e) => panic!("cannot read {}: {e}", image.display()),
+    };
+    let Some(name) = pvh_note_name(&elf) else {
+        panic!("the test guest has no PVH note: {}", image.display());
+    };
+    elf[name..name + 4].copy_from_slice(b"Shl\0");
+    if let Err(e) = std::fs::write(out, &elf) {
+        panic!("cannot write {}: {e}", out.display());
+    }
+}
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let guest_dir = manifest_dir.join("guest");
@@ -132,4 +194,10 @@ fn main() {
         panic!("the test guest build left no image at {}", image.display());
     }
     println!("cargo:rustc-env=SHOAL_TEST_GUEST={}", image.display());
+    let linux64 = image.with_file_name(format!("{GUEST_BIN}-linux64"));
+    write_linux64_variant(&image, &linux64);
+    println!(
+        "cargo:rustc-env=SHOAL_TEST_GUEST_LINUX64={}",
+        linux64.display()
+    );
 }

@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use shoal_tests::test_guest_path;
+use shoal_tests::{test_guest_linux64_path, test_guest_path};
 
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -210,6 +210,24 @@ fn image_is_a_pvh_elf_loaded_at_one_mib() {
     // The image must stay far below the memory the guest uses otherwise
     // (command line at 0x20000 is below it; 3 GiB of RAM above).
     assert!(loads.iter().all(|p| p.paddr + p.memsz < 0x100_0000));
+}
+
+#[test]
+fn linux64_variant_has_no_pvh_note_and_enters_in_the_image() {
+    let pvh = std::fs::read(test_guest_path()).unwrap();
+    let elf = std::fs::read(test_guest_linux64_path()).unwrap();
+    assert_eq!(pvh_entry(&elf), None);
+    assert_eq!(elf.len(), pvh.len());
+    let entry = u64_at(&elf, 24);
+    assert!(
+        program_headers(&elf)
+            .iter()
+            .any(|p| p.kind == PT_LOAD && p.paddr <= entry && entry < p.paddr + p.filesz),
+        "ELF entry {entry:#x} outside the loaded code"
+    );
+    // Same code: only the note name differs.
+    let differing = pvh.iter().zip(&elf).filter(|(a, b)| a != b).count();
+    assert!((1..=3).contains(&differing), "{differing} bytes differ");
 }
 
 #[test]

@@ -80,6 +80,13 @@ pub fn test_guest_path() -> PathBuf {
     PathBuf::from(env!("SHOAL_TEST_GUEST"))
 }
 
+/// Path of the same image without its PVH note: a loader enters it at the
+/// ELF entry point with the Linux 64-bit boot protocol (zero page in `rsi`).
+/// The guest prints `SHOAL-TG entry linux64` instead of `entry pvh`.
+pub fn test_guest_linux64_path() -> PathBuf {
+    PathBuf::from(env!("SHOAL_TEST_GUEST_LINUX64"))
+}
+
 /// Root of the workspace (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -274,7 +281,12 @@ impl GuestProcess {
     /// Starts `shoal run --kernel <test guest> --cmdline <cmdline>
     /// --no-reboot <extra...>` with serial output on stdout.
     pub fn boot_test_guest(cmdline: &str, extra: &[&str]) -> Result<Self, HarnessError> {
-        let guest = test_guest_path();
+        Self::boot_image(&test_guest_path(), cmdline, extra)
+    }
+
+    /// [`GuestProcess::boot_test_guest`] with another kernel image, e.g.
+    /// [`test_guest_linux64_path`].
+    pub fn boot_image(guest: &Path, cmdline: &str, extra: &[&str]) -> Result<Self, HarnessError> {
         let mut command = Command::new(shoal_binary()?);
         command
             .arg("run")

@@ -6,12 +6,17 @@
 //! `ebx` = `hvm_start_info`), zeroes `.bss`, builds page tables that
 //! identity-map the first 4 GiB with 2 MiB pages (the top 1 GiB, with the PCI
 //! windows, ECAM, IOAPIC and local APICs, uncached), enters long mode and
-//! calls [`crate::bsp_main`] with the start info address.
+//! calls `shoal_bsp_main` with the start info address.
+//!
+//! An ELF loader that ignores the PVH note enters at the ELF entry point,
+//! `linux_start64`, with the Linux 64-bit boot protocol: long mode on the
+//! loader's page tables, `rsi` = zero page. It loads our GDT, builds the
+//! same page tables and calls `shoal_bsp_main` with the zero page.
 //!
 //! An AP starts at the trampoline copied to [`TRAMPOLINE_ADDR`] (SIPI vector
 //! `TRAMPOLINE_ADDR >> 12`), switches to 32-bit protected mode, jumps to
 //! `ap_entry32` in the image, enters long mode with the same page tables,
-//! takes the next free stack and calls [`crate::ap_main`].
+//! takes the next free stack and calls `shoal_ap_main`.
 
 use core::arch::global_asm;
 use core::ptr::addr_of;
@@ -24,6 +29,36 @@ pub const SIPI_VECTOR: u8 = (TRAMPOLINE_ADDR >> 12) as u8;
 pub const MAX_APS: u32 = 15;
 /// Stack size of each application processor.
 const AP_STACK_SIZE: u32 = 8192;
+/// How the guest was entered; the second argument of
+/// [`crate::shoal_bsp_main`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BootProtocol {
+    /// PVH: 32-bit entry from the ELF note, first argument `hvm_start_info`.
+    Pvh = 0,
+    /// Linux 64-bit boot protocol: ELF entry point, first argument the zero page.
+    Linux64 = 1,
+}
+
+impl BootProtocol {
+    /// The protocol from its number (anything unknown is PVH).
+    pub fn from_u32(value: u32) -> Self {
+        if value == BootProtocol::Linux64 as u32 {
+            BootProtocol::Linux64
+        } else {
+            BootProtocol::Pvh
+        }
+    }
+
+    /// Name printed on the `SHOAL-TG entry` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BootProtocol::Pvh => "pvh",
+            BootProtocol::Linux64 => "linux64",
+        }
+    }
+}
+
 /// Stack size of the bootstrap processor.
 const BSP_STACK_SIZE: u32 = 32768;
 
@@ -58,6 +93,49 @@ global_asm!(
         ljmpl $SEL_CODE64, $\target
     .endm
 
+    /* Zeroes .bss (page tables and Rust statics; the stacks are not in
+       it). Valid in 32-bit and 64-bit code. */
+    .macro ZERO_BSS
+        movl $__bss_start, %edi
+        movl $__bss_end, %ecx
+        subl %edi, %ecx
+        shrl $2, %ecx
+        xorl %eax, %eax
+        rep stosl
+    .endm
+
+    /* Identity map of the first 4 GiB with 2 MiB pages: PML4[0] -> PDPT,
+       PDPT[0..4] -> the four page directories; 0..3 GiB write-back
+       (P|RW|PS), 3..4 GiB uncached (P|RW|PWT|PCD|PS) for the PCI windows,
+       ECAM, IOAPIC and local APICs. Valid in 32-bit and 64-bit code. */
+    .macro BUILD_PAGE_TABLES
+        movl $shoal_pdpt, %eax
+        orl $0x3, %eax
+        movl %eax, shoal_pml4
+        movl $shoal_pd, %eax
+        orl $0x3, %eax
+        xorl %ecx, %ecx
+    101:
+        movl %eax, shoal_pdpt(,%ecx,8)
+        addl $0x1000, %eax
+        incl %ecx
+        cmpl $4, %ecx
+        jne 101b
+        xorl %ecx, %ecx
+    102:
+        movl %ecx, %eax
+        shll $21, %eax
+        orl $0x83, %eax
+        cmpl $1536, %ecx
+        jb 103f
+        orl $0x18, %eax
+    103:
+        movl %eax, shoal_pd(,%ecx,8)
+        incl %ecx
+        cmpl $2048, %ecx
+        jne 102b
+    .endm
+
     /* PVH entry note: XEN_ELFNOTE_PHYS32_ENTRY (18), name "Xen". The
        descriptor is 8 bytes (upper half zero), as Linux emits it, so
        readers taking either 4 or 8 bytes find the entry. */
@@ -87,44 +165,8 @@ pvh_start32:
     movw %ax, %ss
     ljmpl $SEL_CODE32, $1f
 1:
-    /* Zero .bss (page tables and Rust statics); the stacks are not in it. */
-    movl $__bss_start, %edi
-    movl $__bss_end, %ecx
-    subl %edi, %ecx
-    shrl $2, %ecx
-    xorl %eax, %eax
-    rep stosl
-
-    /* PML4[0] -> PDPT; PDPT[0..4] -> the four page directories. */
-    movl $shoal_pdpt, %eax
-    orl $0x3, %eax
-    movl %eax, shoal_pml4
-    movl $shoal_pd, %eax
-    orl $0x3, %eax
-    xorl %ecx, %ecx
-2:
-    movl %eax, shoal_pdpt(,%ecx,8)
-    addl $0x1000, %eax
-    incl %ecx
-    cmpl $4, %ecx
-    jne 2b
-
-    /* 2048 2 MiB pages: 0..3 GiB write-back (P|RW|PS), 3..4 GiB uncached
-       (P|RW|PWT|PCD|PS) for the PCI windows, ECAM, IOAPIC and local APICs. */
-    xorl %ecx, %ecx
-3:
-    movl %ecx, %eax
-    shll $21, %eax
-    orl $0x83, %eax
-    cmpl $1536, %ecx
-    jb 4f
-    orl $0x18, %eax
-4:
-    movl %eax, shoal_pd(,%ecx,8)
-    incl %ecx
-    cmpl $2048, %ecx
-    jne 3b
-
+    ZERO_BSS
+    BUILD_PAGE_TABLES
     ENTER_LONG_MODE bsp_start64
 
     .code64
@@ -138,11 +180,48 @@ bsp_start64:
     movw %ax, %gs
     movq $(shoal_bsp_stack + {bsp_stack_size}), %rsp
     movl %esi, %edi
+    movl ${proto_pvh}, %esi
     call shoal_bsp_main
 5:
     cli
     hlt
     jmp 5b
+
+    /* Linux 64-bit boot protocol entry (the ELF entry point, used when the
+       loader ignores the PVH note): long mode on the loader's page tables
+       and GDT, rsi = zero page, no stack. Switch to our GDT, reload CS,
+       build our page tables and continue like the PVH path. */
+    .code64
+    .global linux_start64
+linux_start64:
+    cli
+    cld
+    movq %rsi, %r12
+    movq $(shoal_bsp_stack + {bsp_stack_size}), %rsp
+    lgdt shoal_gdt_ptr
+    movw $SEL_DATA, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    xorw %ax, %ax
+    movw %ax, %fs
+    movw %ax, %gs
+    pushq $SEL_CODE64
+    leaq 7f(%rip), %rax
+    pushq %rax
+    lretq
+7:
+    ZERO_BSS
+    BUILD_PAGE_TABLES
+    movl $shoal_pml4, %eax
+    movq %rax, %cr3
+    movl %r12d, %edi
+    movl ${proto_linux64}, %esi
+    call shoal_bsp_main
+8:
+    cli
+    hlt
+    jmp 8b
 
     /* AP path, reached from the trampoline in 32-bit protected mode. */
     .code32
@@ -240,6 +319,8 @@ shoal_ap_stacks:
     ap_stack_size = const AP_STACK_SIZE,
     max_aps = const MAX_APS,
     tramp_addr = const TRAMPOLINE_ADDR,
+    proto_pvh = const BootProtocol::Pvh as u32,
+    proto_linux64 = const BootProtocol::Linux64 as u32,
     options(att_syntax)
 );
 

@@ -29,8 +29,9 @@ mod smp;
 mod start_info;
 
 use acpi::AcpiError;
+use boot::BootProtocol;
 use cmdline::Args;
-use start_info::{StartInfo, StartInfoError};
+use start_info::StartInfo;
 
 /// The linker script, included so that cargo relinks when it changes.
 const _LINKER_SCRIPT: &str = include_str!("../linker.ld");
@@ -47,27 +48,28 @@ fn report_acpi_error(error: &AcpiError) {
     }
 }
 
-/// Rust entry of the bootstrap processor (called from `boot`).
+/// Rust entry of the bootstrap processor (called from `boot`):
+/// `boot_info_addr` is the PVH start info or the Linux zero page, per
+/// `protocol` ([`BootProtocol`]).
 #[no_mangle]
-pub extern "C" fn shoal_bsp_main(start_info_addr: u32) -> ! {
+pub extern "C" fn shoal_bsp_main(boot_info_addr: u32, protocol: u32) -> ! {
     // An uninitialised PIC would deliver IRQ n as vector n through LINT0.
     io::outb(PIC1_DATA, 0xff);
     io::outb(PIC2_DATA, 0xff);
     serial::init();
     interrupts::init();
 
-    let info = match StartInfo::read(u64::from(start_info_addr)) {
+    let protocol = BootProtocol::from_u32(protocol);
+    serial::line().str("entry ").str(protocol.name());
+    let addr = u64::from(boot_info_addr);
+    let info = match protocol {
+        BootProtocol::Pvh => StartInfo::read(addr),
+        BootProtocol::Linux64 => StartInfo::read_zero_page(addr),
+    };
+    let info = match info {
         Ok(info) => Some(info),
-        Err(StartInfoError::BadAddress) => {
-            serial::error()
-                .str("start info address ")
-                .hex0x(u64::from(start_info_addr));
-            None
-        }
-        Err(StartInfoError::BadMagic(magic)) => {
-            serial::error()
-                .str("start info magic ")
-                .hex0x(u64::from(magic));
+        Err(e) => {
+            serial::error().str(e.message()).str(" ").hex0x(e.value());
             None
         }
     };
