@@ -21,6 +21,8 @@ fn boot_scenario_brings_up_two_cpus_lists_host_bridge_and_powers_off() {
     vm.wait_for_line("SHOAL-TG cpu 0 up", TIMEOUT).unwrap();
     vm.wait_for_line("SHOAL-TG pci 00:00.0 8086:0d57", TIMEOUT)
         .unwrap();
+    vm.wait_for_line("SHOAL-TG pci ecam agrees", TIMEOUT)
+        .unwrap();
     vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
     let status = vm.wait_for_exit(TIMEOUT).unwrap();
     assert!(status.success(), "{status}\n{}", vm.output());
@@ -53,6 +55,8 @@ fn linux_64bit_entry_boots_the_same_scenario() {
     vm.wait_for_line("SHOAL-TG start boot", TIMEOUT).unwrap();
     vm.wait_for_line("SHOAL-TG acpi cpus 2", TIMEOUT).unwrap();
     vm.wait_for_line("SHOAL-TG pci 00:00.0 8086:0d57", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line("SHOAL-TG pci ecam agrees", TIMEOUT)
         .unwrap();
     vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
     let status = vm.wait_for_exit(TIMEOUT).unwrap();

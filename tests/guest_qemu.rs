@@ -136,6 +136,8 @@ fn pc_machine_pci_scan_lists_host_bridge_and_ivshmem() {
     assert!(has("SHOAL-TG pci 00:01.1 8086:7010"), "{}", vm.output());
     assert!(has("SHOAL-TG pci 00:04.0 1af4:1110"), "{}", vm.output());
     assert!(has("SHOAL-TG cpu 1 up"), "{}", vm.output());
+    // `pc` has no MCFG: no ECAM comparison.
+    assert!(!lines.iter().any(|l| l.contains("ecam")), "{}", vm.output());
     assert!(
         !lines.iter().any(|l| l.starts_with("SHOAL-TG error")),
         "{}",
@@ -177,4 +179,26 @@ fn microvm_page_fault_is_reported_and_powers_off() {
         .unwrap();
     assert!(line.ends_with("cr2 0x1000000000"), "{line}");
     assert!(vm.wait_for_exit(TIMEOUT).unwrap().success());
+}
+
+#[test]
+fn q35_ecam_agrees_with_port_io() {
+    let Some(qemu) = qemu() else {
+        eprintln!("skipped: qemu-system-x86_64 is not installed");
+        return;
+    };
+    let command = qemu_command(&qemu, "q35", "tcg", 1, "scenario=boot");
+    let mut vm = GuestProcess::spawn(command).unwrap();
+    vm.wait_for_line("SHOAL-TG pci 00:00.0 8086:29c0", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line("SHOAL-TG pci ecam agrees", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+    vm.wait_for_exit(TIMEOUT).unwrap();
+    let lines = lines_until_done(&vm);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("SHOAL-TG error")),
+        "{}",
+        vm.output()
+    );
 }

@@ -75,6 +75,16 @@ mod platform_contract {
     }
 
     #[test]
+    fn guest_finds_shoal_ecam_window() {
+        let (ram, rsdp) = tables(1);
+        let mcfg = acpi::discover(&ram, rsdp).unwrap().mcfg.unwrap();
+        assert_eq!(
+            (mcfg.base, mcfg.start_bus, mcfg.end_bus),
+            (0xe000_0000, 0, 255)
+        );
+    }
+
+    #[test]
     fn guest_finds_shoal_rsdp_by_scanning() {
         let (ram, rsdp) = tables(1);
         assert_eq!(acpi::find_rsdp(&ram, 0), Ok(rsdp));

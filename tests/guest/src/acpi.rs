@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-//! ACPI discovery: RSDP → XSDT (or RSDT) → MADT and FADT.
+//! ACPI discovery: RSDP → XSDT (or RSDT) → MADT, FADT and MCFG.
 //!
 //! Pure parsing over [`Memory`], so it is unit-tested on the host. Every
 //! table is bounds- and checksum-checked; a bad table becomes an
@@ -168,6 +168,17 @@ pub struct Fadt {
     pub sleep_status: Gas,
 }
 
+/// The ECAM window of PCI segment 0, from the MCFG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mcfg {
+    /// Physical base address (of bus 0, whatever the start bus).
+    pub base: u64,
+    /// First bus decoded.
+    pub start_bus: u8,
+    /// Last bus decoded.
+    pub end_bus: u8,
+}
+
 /// The result of [`discover`]: each table on its own, so one bad table
 /// does not hide the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +191,8 @@ pub struct AcpiInfo {
     pub madt: Result<Madt, AcpiError>,
     /// The FADT, or why it is unusable.
     pub fadt: Result<Fadt, AcpiError>,
+    /// The MCFG (segment 0), or why it is unusable.
+    pub mcfg: Result<Mcfg, AcpiError>,
 }
 
 fn checksum_ok(mem: &impl Memory, addr: u64, len: u64) -> bool {
@@ -285,6 +298,7 @@ pub fn discover(mem: &impl Memory, rsdp_hint: u64) -> Result<AcpiInfo, AcpiError
         root: root_sig,
         madt: find(*b"APIC").and_then(|addr| parse_madt(mem, addr)),
         fadt: find(*b"FACP").and_then(|addr| parse_fadt(mem, addr)),
+        mcfg: find(*b"MCFG").and_then(|addr| parse_mcfg(mem, addr)),
     })
 }
 
@@ -371,6 +385,28 @@ pub fn parse_fadt(mem: &impl Memory, addr: u64) -> Result<Fadt, AcpiError> {
     })
 }
 
+/// Parses the MCFG at `addr`: the first allocation for segment 0.
+pub fn parse_mcfg(mem: &impl Memory, addr: u64) -> Result<Mcfg, AcpiError> {
+    const ENTRIES: u64 = 44;
+    const ENTRY_LEN: u64 = 16;
+    let len = u64::from(check_table(mem, addr, *b"MCFG")?);
+    let mut entry = addr + ENTRIES;
+    while entry + ENTRY_LEN <= addr + len {
+        let segment = mem.read16(entry + 8);
+        let start_bus = mem.read8(entry + 10);
+        let end_bus = mem.read8(entry + 11);
+        if segment == 0 && start_bus <= end_bus {
+            return Ok(Mcfg {
+                base: mem.read64(entry),
+                start_bus,
+                end_bus,
+            });
+        }
+        entry += ENTRY_LEN;
+    }
+    Err(AcpiError::TooShort(*b"MCFG"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +433,7 @@ mod tests {
     const XSDT: u64 = BASE + 0x40;
     const MADT: u64 = BASE + 0x100;
     const FADT: u64 = BASE + 0x200;
+    const MCFG: u64 = BASE + 0x400;
 
     fn put(buf: &mut Buffer, addr: u64, data: &[u8]) {
         let off = (addr - buf.base) as usize;
@@ -442,9 +479,10 @@ mod tests {
         fix_checksum(&mut buf, BASE, 20, 8);
         fix_checksum(&mut buf, BASE, 36, 32);
 
-        let mut xsdt = header(b"XSDT", 36 + 16);
+        let mut xsdt = header(b"XSDT", 36 + 24);
         xsdt.extend_from_slice(&FADT.to_le_bytes());
         xsdt.extend_from_slice(&MADT.to_le_bytes());
+        xsdt.extend_from_slice(&MCFG.to_le_bytes());
         put(&mut buf, XSDT, &xsdt);
         fix_checksum(&mut buf, XSDT, xsdt.len(), 9);
 
@@ -471,6 +509,13 @@ mod tests {
         fadt[256..268].copy_from_slice(&gas(GAS_IO, 8, 0x3c1));
         put(&mut buf, FADT, &fadt);
         fix_checksum(&mut buf, FADT, fadt.len(), 9);
+
+        let mut mcfg = header(b"MCFG", 44 + 16);
+        mcfg.resize(44, 0);
+        mcfg.extend_from_slice(&0xe000_0000u64.to_le_bytes());
+        mcfg.extend_from_slice(&[0, 0, 0, 255, 0, 0, 0, 0]);
+        put(&mut buf, MCFG, &mcfg);
+        fix_checksum(&mut buf, MCFG, mcfg.len(), 9);
         buf
     }
 
@@ -490,6 +535,22 @@ mod tests {
         assert_eq!(fadt.reset_reg.address, 0x3c4);
         assert_eq!(fadt.reset_value, 1);
         assert_ne!(fadt.flags & FADT_HW_REDUCED, 0);
+        assert_eq!(
+            info.mcfg,
+            Ok(Mcfg {
+                base: 0xe000_0000,
+                start_bus: 0,
+                end_bus: 255
+            })
+        );
+    }
+
+    #[test]
+    fn mcfg_without_an_entry_is_an_error() {
+        let mut buf = platform_tables(1);
+        put(&mut buf, MCFG + 4, &44u32.to_le_bytes());
+        fix_checksum(&mut buf, MCFG, 44, 9);
+        assert_eq!(parse_mcfg(&buf, MCFG), Err(AcpiError::TooShort(*b"MCFG")));
     }
 
     #[test]

@@ -91,6 +91,15 @@ pub extern "C" fn shoal_bsp_main(boot_info_addr: u32, protocol: u32) -> ! {
     let fadt = acpi
         .as_ref()
         .and_then(|a| a.fadt.as_ref().map_err(report_acpi_error).ok());
+    // The MCFG is optional (no ECAM check without it); a bad one is an error.
+    let mcfg = acpi.as_ref().and_then(|a| match &a.mcfg {
+        Ok(mcfg) => Some(mcfg),
+        Err(AcpiError::Missing(_)) => None,
+        Err(e) => {
+            report_acpi_error(e);
+            None
+        }
+    });
     if let Some(madt) = madt {
         apic::set_base(u64::from(madt.lapic_address));
         serial::line().str("acpi cpus ").dec(madt.cpu_count as u64);
@@ -101,7 +110,12 @@ pub extern "C" fn shoal_bsp_main(boot_info_addr: u32, protocol: u32) -> ! {
 
     match scenarios::find(name) {
         Some(scenario) => {
-            (scenario.run)(&scenarios::Context { args, madt, fadt });
+            (scenario.run)(&scenarios::Context {
+                args,
+                madt,
+                fadt,
+                mcfg,
+            });
             serial::line().str("done");
         }
         None => {

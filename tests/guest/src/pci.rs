@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-//! PCI configuration space through mechanism #1 (ports 0xcf8/0xcfc), and a
-//! scan of bus 0.
+//! PCI configuration space through mechanism #1 (ports 0xcf8/0xcfc) or
+//! ECAM (MMIO, from the MCFG), and a scan of bus 0.
 
-use crate::io::{inl, outl};
+use crate::acpi::Mcfg;
+use crate::io::{inl, mmio_read32, outl};
 
 const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
@@ -24,7 +25,38 @@ pub struct Bdf {
     pub function: u8,
 }
 
+/// How configuration space is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Ports 0xcf8/0xcfc (256 bytes per function).
+    Port,
+    /// The MCFG's ECAM window.
+    Ecam(Mcfg),
+}
+
 impl Bdf {
+    /// Reads the aligned config dword containing `offset` through `access`;
+    /// all-ones for a bus outside the ECAM window.
+    pub fn read32_via(&self, access: Access, offset: u16) -> u32 {
+        match access {
+            Access::Port => match u8::try_from(offset) {
+                Ok(offset) => self.read32(offset),
+                Err(_) => u32::MAX,
+            },
+            Access::Ecam(mcfg) => {
+                if self.bus < mcfg.start_bus || self.bus > mcfg.end_bus {
+                    return u32::MAX;
+                }
+                let addr = mcfg.base
+                    + (u64::from(self.bus) << 20)
+                    + (u64::from(self.device & 0x1f) << 15)
+                    + (u64::from(self.function & 0x7) << 12)
+                    + u64::from(offset & 0xffc);
+                mmio_read32(addr)
+            }
+        }
+    }
+
     fn address(&self, offset: u8) -> u32 {
         ENABLE
             | u32::from(self.bus) << 16
@@ -58,8 +90,8 @@ pub struct Function {
     pub device: u16,
 }
 
-fn probe(bdf: Bdf) -> Option<(Function, u32)> {
-    let id = bdf.read32(OFF_VENDOR_DEVICE);
+fn probe(access: Access, bdf: Bdf) -> Option<(Function, u32)> {
+    let id = bdf.read32_via(access, u16::from(OFF_VENDOR_DEVICE));
     let vendor = (id & 0xffff) as u16;
     if vendor == NO_VENDOR || vendor == 0 {
         return None;
@@ -69,25 +101,33 @@ fn probe(bdf: Bdf) -> Option<(Function, u32)> {
         vendor,
         device: (id >> 16) as u16,
     };
-    Some((function, bdf.read32(OFF_HEADER_TYPE_DWORD)))
+    Some((
+        function,
+        bdf.read32_via(access, u16::from(OFF_HEADER_TYPE_DWORD)),
+    ))
+}
+
+/// Calls `visit` for every function on bus 0 through ports 0xcf8/0xcfc.
+pub fn scan_bus0(visit: impl FnMut(&Function)) {
+    scan_bus0_via(Access::Port, visit);
 }
 
 /// Calls `visit` for every function on bus 0: all 32 devices, functions
 /// 1-7 only when function 0 is multifunction.
-pub fn scan_bus0(mut visit: impl FnMut(&Function)) {
+pub fn scan_bus0_via(access: Access, mut visit: impl FnMut(&Function)) {
     for device in 0..32 {
         let bdf = |function| Bdf {
             bus: 0,
             device,
             function,
         };
-        let Some((first, header)) = probe(bdf(0)) else {
+        let Some((first, header)) = probe(access, bdf(0)) else {
             continue;
         };
         visit(&first);
         if header & HEADER_MULTIFUNCTION != 0 {
             for function in 1..8 {
-                if let Some((f, _)) = probe(bdf(function)) {
+                if let Some((f, _)) = probe(access, bdf(function)) {
                     visit(&f);
                 }
             }

@@ -2,10 +2,17 @@
 //! `scenario=boot`: bring up every CPU of the MADT, then list bus 0.
 //!
 //! Lines: `SHOAL-TG cpu <apic id> up` per CPU (the BSP first), then
-//! `SHOAL-TG pci 00:<dev>.<fn> <vendor>:<device>` per function.
+//! `SHOAL-TG pci 00:<dev>.<fn> <vendor>:<device>` per function found
+//! through ports 0xcf8/0xcfc. With an MCFG, bus 0 is scanned again through
+//! ECAM and must give the same list: `SHOAL-TG pci ecam agrees <n>`, or an
+//! error line per difference.
 
 use super::Context;
-use crate::{pci, serial, smp};
+use crate::pci::{self, Access, Function};
+use crate::{serial, smp};
+
+/// Functions remembered for the ECAM comparison (bus 0 has at most 256).
+const MAX_FUNCTIONS: usize = 256;
 
 /// Runs the scenario.
 pub fn run(ctx: &Context) {
@@ -15,17 +22,56 @@ pub fn run(ctx: &Context) {
         None => &bsp_only[..],
     };
     smp::start_all(apic_ids);
+
+    let mut found = [None; MAX_FUNCTIONS];
+    let mut count = 0;
     pci::scan_bus0(|f| {
-        serial::line()
-            .str("pci ")
-            .hex(u64::from(f.bdf.bus), 2)
-            .str(":")
-            .hex(u64::from(f.bdf.device), 2)
-            .str(".")
-            .hex(u64::from(f.bdf.function), 1)
-            .str(" ")
-            .hex(u64::from(f.vendor), 4)
-            .str(":")
-            .hex(u64::from(f.device), 4);
+        print_function("pci ", f);
+        if let Some(slot) = found.get_mut(count) {
+            *slot = Some(*f);
+        }
+        count += 1;
     });
+    if let Some(mcfg) = ctx.mcfg {
+        compare_ecam(Access::Ecam(*mcfg), found.get(..count).unwrap_or(&[]));
+    }
+}
+
+fn print_function(prefix: &str, f: &Function) {
+    serial::line()
+        .str(prefix)
+        .hex(u64::from(f.bdf.bus), 2)
+        .str(":")
+        .hex(u64::from(f.bdf.device), 2)
+        .str(".")
+        .hex(u64::from(f.bdf.function), 1)
+        .str(" ")
+        .hex(u64::from(f.vendor), 4)
+        .str(":")
+        .hex(u64::from(f.device), 4);
+}
+
+/// Scans bus 0 through `ecam` and reports every function that differs
+/// from `port` (the port scan, in the same order).
+fn compare_ecam(ecam: Access, port: &[Option<Function>]) {
+    let mut index = 0;
+    let mut agree = true;
+    pci::scan_bus0_via(ecam, |f| {
+        if port.get(index).copied().flatten() != Some(*f) {
+            print_function("error pci ecam differs at ", f);
+            agree = false;
+        }
+        index += 1;
+    });
+    if index < port.len() {
+        serial::error()
+            .str("pci ecam finds ")
+            .dec(index as u64)
+            .str(" functions, ports ")
+            .dec(port.len() as u64);
+        agree = false;
+    }
+    if agree {
+        serial::line().str("pci ecam agrees ").dec(index as u64);
+    }
 }

@@ -12,7 +12,7 @@ mod boot;
 mod fault;
 mod irq;
 
-use crate::acpi::{Fadt, Madt};
+use crate::acpi::{Fadt, Madt, Mcfg};
 use crate::cmdline::Args;
 
 /// What every scenario gets (not every scenario reads every field).
@@ -25,6 +25,8 @@ pub struct Context<'a> {
     pub madt: Option<&'a Madt>,
     /// The FADT, when ACPI provided a usable one.
     pub fadt: Option<&'a Fadt>,
+    /// The MCFG (ECAM window), when ACPI provided a usable one.
+    pub mcfg: Option<&'a Mcfg>,
 }
 
 /// A named scenario.
