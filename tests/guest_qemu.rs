@@ -202,3 +202,28 @@ fn q35_ecam_agrees_with_port_io() {
         vm.output()
     );
 }
+
+#[test]
+fn microvm_eight_cpus_all_report() {
+    let Some(qemu) = qemu() else {
+        eprintln!("skipped: qemu-system-x86_64 is not installed");
+        return;
+    };
+    // KVM here recommends at most 2 vCPUs: use tcg for 8.
+    let command = qemu_command(
+        &qemu,
+        "microvm,acpi=on",
+        "tcg,thread=multi",
+        8,
+        "scenario=boot",
+    );
+    let mut vm = GuestProcess::spawn(command).unwrap();
+    vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+    assert!(vm.wait_for_exit(TIMEOUT).unwrap().success());
+    let lines = vm.guest_lines();
+    for id in 0..8 {
+        let want = format!("SHOAL-TG cpu {id} up");
+        assert!(lines.contains(&want.as_str()), "{want}\n{}", vm.output());
+    }
+    assert!(vm.error_lines().is_empty(), "{}", vm.output());
+}

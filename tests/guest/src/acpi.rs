@@ -8,7 +8,7 @@
 use crate::mem::Memory;
 
 /// Most CPUs the guest tracks (APIC IDs beyond it are counted, not kept).
-pub const MAX_CPUS: usize = 16;
+pub const MAX_CPUS: usize = 64;
 /// Largest table length accepted (a sanity bound against junk headers).
 const MAX_TABLE_LEN: u32 = 1 << 20;
 const SDT_HEADER_LEN: u32 = 36;
@@ -431,7 +431,7 @@ mod tests {
 
     const BASE: u64 = 0xe_0000;
     const XSDT: u64 = BASE + 0x40;
-    const MADT: u64 = BASE + 0x100;
+    const MADT: u64 = BASE + 0x800;
     const FADT: u64 = BASE + 0x200;
     const MCFG: u64 = BASE + 0x400;
 

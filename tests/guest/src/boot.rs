@@ -26,7 +26,7 @@ pub const TRAMPOLINE_ADDR: u64 = 0x8000;
 /// SIPI vector that starts an AP at [`TRAMPOLINE_ADDR`].
 pub const SIPI_VECTOR: u8 = (TRAMPOLINE_ADDR >> 12) as u8;
 /// Number of application processors that get a stack; more are parked.
-pub const MAX_APS: u32 = 15;
+pub const MAX_APS: u32 = 63;
 /// Stack size of each application processor.
 const AP_STACK_SIZE: u32 = 8192;
 /// How the guest was entered; the second argument of

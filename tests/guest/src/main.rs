@@ -103,6 +103,13 @@ pub extern "C" fn shoal_bsp_main(boot_info_addr: u32, protocol: u32) -> ! {
     if let Some(madt) = madt {
         apic::set_base(u64::from(madt.lapic_address));
         serial::line().str("acpi cpus ").dec(madt.cpu_count as u64);
+        if madt.cpus_dropped > 0 {
+            serial::error()
+                .str("acpi ")
+                .dec(madt.cpus_dropped as u64)
+                .str(" cpus beyond the guest's limit of ")
+                .dec(acpi::MAX_CPUS as u64);
+        }
     }
     if let Some(fadt) = fadt {
         power::set_fadt(fadt);
