@@ -96,22 +96,21 @@ pub fn workspace_root() -> PathBuf {
 /// Where and how to build `shoal` so it lands next to the running test:
 /// (target dir, profile, target triple if the layout has one).
 fn build_layout() -> Option<(PathBuf, String, Option<String>)> {
-    // A test executable lives in <target>[/<triple>]/<profile>/deps/.
+    // A test executable lives in <target>[/<triple>]/<profile>/deps/, and
+    // cargo marks every target dir with a CACHEDIR.TAG file.
     let exe = std::env::current_exe().ok()?;
     let profile_dir = exe.parent()?.parent()?;
     let profile = profile_dir.file_name()?.to_str()?.to_string();
     let above = profile_dir.parent()?;
-    let above_name = above.file_name()?.to_str()?;
-    let triple = option_env!("SHOAL_TESTS_TARGET_TRIPLE").unwrap_or("x86_64-unknown-linux-gnu");
-    if above_name == triple {
-        Some((
-            above.parent()?.to_path_buf(),
-            profile,
-            Some(triple.to_string()),
-        ))
-    } else {
-        Some((above.to_path_buf(), profile, None))
+    if above.join("CACHEDIR.TAG").is_file() {
+        return Some((above.to_path_buf(), profile, None));
     }
+    let triple = above.file_name()?.to_str()?.to_string();
+    let target_dir = above.parent()?;
+    target_dir
+        .join("CACHEDIR.TAG")
+        .is_file()
+        .then(|| (target_dir.to_path_buf(), profile, Some(triple)))
 }
 
 fn build_shoal() -> Result<PathBuf, String> {

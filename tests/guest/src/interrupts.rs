@@ -3,7 +3,8 @@
 //! [`shoal_interrupt`]. Exceptions (vectors 0-31) print
 //! `SHOAL-TG error exception <n> ...` and power off; other vectors call the
 //! handler a scenario registered with [`set_handler`], then EOI the local
-//! APIC.
+//! APIC. Handlers must not print: the code they interrupted may hold the
+//! serial lock (count or record, and let the scenario print).
 
 use core::arch::{asm, global_asm};
 use core::ptr::addr_of;
@@ -199,8 +200,9 @@ extern "C" fn shoal_interrupt(frame: &mut Frame) {
         .get(vector)
         .map_or(0, |h| h.load(Ordering::Acquire));
     if handler == 0 {
-        serial::error()
-            .str("unexpected interrupt ")
+        // Forced: the interrupted code on this CPU may hold the serial lock.
+        serial::line_forced()
+            .str("error unexpected interrupt ")
             .dec(frame.vector)
             .str(" cpu ")
             .dec(u64::from(apic::id()));
