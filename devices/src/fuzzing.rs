@@ -309,7 +309,7 @@ pub fn fuzz_pci(data: &[u8]) {
         let op = inp.u8();
         let len = inp.len();
         let (bus, addr) = match op % 6 {
-            0 => (&pio, CONFIG_IO_BASE + inp.offset(10)),
+            0 => (&pio, CONFIG_IO_BASE.wrapping_add(inp.offset(10))),
             1 => {
                 let f = u64::from(inp.u8() % 4);
                 let reg = u64::from(inp.u16() % 0x1008);

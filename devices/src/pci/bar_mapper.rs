@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use thiserror::Error;
 
@@ -41,8 +41,9 @@ pub enum BarMapperError {
 /// See the module docs.
 pub struct BarMapper {
     pci: Arc<Mutex<PciBus>>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    // Weak: the buses hold the config-space devices that hold this mapper.
+    pio: Weak<Bus>,
+    mmio: Weak<Bus>,
     next: Option<Arc<dyn BarRelocator>>,
     mapped: Mutex<HashMap<(PciBdf, usize), (u64, u64)>>,
     log: LogLimiter,
@@ -67,18 +68,18 @@ impl BarMapper {
     ) -> Self {
         Self {
             pci,
-            pio,
-            mmio,
+            pio: Arc::downgrade(&pio),
+            mmio: Arc::downgrade(&mmio),
             next,
             mapped: Mutex::new(HashMap::new()),
             log: LogLimiter::new(),
         }
     }
 
-    fn bus(&self, kind: BarKind) -> &Bus {
+    fn bus(&self, kind: BarKind) -> Option<Arc<Bus>> {
         match kind {
-            BarKind::Io => &self.pio,
-            _ => &self.mmio,
+            BarKind::Io => self.pio.upgrade(),
+            _ => self.mmio.upgrade(),
         }
     }
 
@@ -94,7 +95,9 @@ impl BarMapper {
             .device(bdf)
             .ok_or(BusError::NoSuchRange(addr))?;
         let region = Arc::new(Mutex::new(PciBarRegion::new(dev, bar)));
-        self.bus(kind).insert(region, addr, size)?;
+        self.bus(kind)
+            .ok_or(BusError::NoSuchRange(addr))?
+            .insert(region, addr, size)?;
         crate::lock(&self.mapped).insert((bdf, bar), (addr, size));
         Ok(())
     }
@@ -140,7 +143,9 @@ impl BarMapper {
         let old = crate::lock(&self.mapped).remove(&(r.bdf, r.bar));
         if let Some((base, _)) = old {
             // Failure means someone else removed it; nothing left to undo.
-            let _ = self.bus(r.kind).remove(base);
+            if let Some(bus) = self.bus(r.kind) {
+                let _ = bus.remove(base);
+            }
         }
         if r.new == 0 {
             return;
