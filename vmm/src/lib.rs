@@ -7,10 +7,13 @@
 //! runs one thread per vCPU, and drives everything from one control loop.
 //! Nothing below it depends on it.
 
+pub mod api;
 pub mod config;
 pub mod device_manager;
 pub mod memory;
+pub mod migration;
 mod signals;
+pub mod snapshot;
 pub mod vcpu;
 mod vm;
 
