@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The shared allocator: offsets not pointers, size classes plus large
+//! blocks, named objects, one robust heap lock with an undo journal, and a
+//! heap checker.
+//!
+//! Every operation takes the heap lock (a robust [`crate::sync::Mutex`]
+//! word in the SDK header), runs as one journaled transaction, commits and
+//! unlocks. A peer that finds the lock held by a dead peer takes it with
+//! owner-died and rolls the dead peer's transaction back first, so an
+//! allocation interrupted by `kill -9` is simply undone. Every offset handed
+//! in is validated against the page descriptors: double frees and foreign
+//! offsets are errors.
+
+pub mod check;
+pub(crate) mod heap;
+pub(crate) mod journal;
+pub(crate) mod names;
+
+pub use check::HeapReport;
+pub use heap::{CLASSES, MAX_SMALL};
+
+use crate::handle::{Inner, Shoal};
+use crate::layout::{H_JOURNAL_LEN, H_LOCK, H_RECOVERIES, PAGE};
+use crate::mem::MemError;
+use crate::ptr::{Shared, ShmPtr};
+use crate::sync::mutex::{self, Locked};
+use crate::sync::SyncError;
+use heap::Heap;
+use journal::Tx;
+use names::Name;
+use std::sync::atomic::Ordering;
+use thiserror::Error;
+
+/// Allocator errors.
+#[derive(Debug, Error)]
+pub enum AllocError {
+    /// Not enough free space for the request.
+    #[error("Out of shared memory for {0} bytes")]
+    OutOfMemory(u64),
+    /// Zero or absurd size.
+    #[error("Invalid size {0}")]
+    BadSize(u64),
+    /// The offset is not inside the heap, or not at a block start.
+    #[error("Offset {0:#x} is not a heap block")]
+    Foreign(u64),
+    /// The block is not allocated (double free, or never allocated).
+    #[error("Offset {0:#x} is not allocated")]
+    NotAllocated(u64),
+    /// A named object must be removed by name.
+    #[error("Offset {0:#x} is a named object")]
+    Named(u64),
+    /// Names are 1 to 40 bytes without NUL.
+    #[error("Invalid object name")]
+    BadName,
+    /// The named-object table is full.
+    #[error("Named-object table is full")]
+    NamesFull,
+    /// An existing named object is smaller than requested.
+    #[error("Named object has {have} bytes, {want} requested")]
+    SizeMismatch {
+        /// Existing size.
+        have: u64,
+        /// Requested size.
+        want: u64,
+    },
+    /// The alignment is not supported.
+    #[error("Alignment {0} is not supported")]
+    Align(usize),
+    /// Heap metadata is inconsistent (the operation was undone).
+    #[error("Heap metadata is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// An operation needed more journal records than exist (a bug).
+    #[error("Allocator journal overflow")]
+    JournalFull,
+    /// Metadata access outside the region.
+    #[error("Bad heap metadata access")]
+    Mem(#[source] MemError),
+    /// The heap lock failed.
+    #[error("Cannot take the heap lock")]
+    Lock(#[source] Box<SyncError>),
+}
+
+impl From<MemError> for AllocError {
+    fn from(e: MemError) -> Self {
+        Self::Mem(e)
+    }
+}
+
+/// The heap lock, held; undone-and-released on drop.
+struct HeapLock<'a> {
+    cx: &'a Inner,
+}
+
+impl<'a> HeapLock<'a> {
+    fn take(cx: &'a Inner) -> Result<Self, AllocError> {
+        let how = mutex::lock(cx, cx.geo.field(H_LOCK), None)
+            .map_err(|e| AllocError::Lock(Box::new(e)))?;
+        let lock = Self { cx };
+        let pending = cx
+            .mem
+            .u32(cx.geo.field(H_JOURNAL_LEN))?
+            .load(Ordering::Acquire);
+        if how == Locked::OwnerDied || pending != 0 {
+            let undone = journal::rollback(&cx.mem, &cx.geo)?;
+            cx.mem
+                .u32(cx.geo.field(H_RECOVERIES))?
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!("shoal: recovered the heap from a dead holder ({undone} records undone)");
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for HeapLock<'_> {
+    fn drop(&mut self) {
+        let _ = mutex::unlock(self.cx, self.cx.geo.field(H_LOCK));
+    }
+}
+
+impl Shoal {
+    /// Runs `f` as one heap transaction under the heap lock.
+    fn transact<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, AllocError>,
+    ) -> Result<T, AllocError> {
+        let cx = &*self.inner;
+        let _lock = HeapLock::take(cx)?;
+        let mut tx = Tx::begin(&cx.mem, &cx.geo);
+        match f(&mut tx) {
+            Ok(v) => {
+                tx.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                tx.abort()?;
+                Err(e)
+            }
+        }
+    }
+
+    fn alloc_in(tx: &mut Tx<'_>, size: u64, owner: u32) -> Result<u64, AllocError> {
+        let pages = size.div_ceil(PAGE);
+        if size == 0 || pages > u64::from(tx.geo.pages) {
+            return Err(AllocError::BadSize(size));
+        }
+        let mut heap = Heap { tx };
+        if size <= MAX_SMALL {
+            heap.alloc_small(heap::class_of(size))
+        } else {
+            heap.alloc_large(pages as u32, owner)
+        }
+    }
+
+    /// Allocates `size` bytes (16-byte aligned; page aligned above
+    /// [`MAX_SMALL`]). The contents are unspecified.
+    pub fn alloc(&self, size: u64) -> Result<ShmPtr<u8>, AllocError> {
+        let owner = self.inner.tag;
+        let off = self.transact(|tx| Self::alloc_in(tx, size, owner))?;
+        Ok(ShmPtr::from_offset(off))
+    }
+
+    /// Allocates `size` zeroed bytes.
+    pub fn alloc_zeroed(&self, size: u64) -> Result<ShmPtr<u8>, AllocError> {
+        let ptr = self.alloc(size)?;
+        self.inner.mem.zero(ptr.offset(), size)?;
+        Ok(ptr)
+    }
+
+    /// Allocates a zeroed array of `n` `T`s.
+    pub fn alloc_array<T: Shared>(&self, n: u64) -> Result<ShmPtr<T>, AllocError> {
+        if std::mem::align_of::<T>() > 16 {
+            return Err(AllocError::Align(std::mem::align_of::<T>()));
+        }
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>() as u64)
+            .ok_or(AllocError::BadSize(u64::MAX))?;
+        Ok(self.alloc_zeroed(bytes.max(1))?.cast())
+    }
+
+    /// Frees a block from [`Shoal::alloc`]. Double frees, interior or foreign
+    /// offsets and named objects are refused with an error.
+    pub fn free<T>(&self, ptr: ShmPtr<T>) -> Result<(), AllocError> {
+        let off = ptr.offset();
+        self.transact(|tx| {
+            if names::is_named(tx, off)? {
+                return Err(AllocError::Named(off));
+            }
+            Heap { tx }.free(off).map(|_| ())
+        })
+    }
+
+    /// Usable size of an allocated block.
+    pub fn usable_size<T>(&self, ptr: ShmPtr<T>) -> Result<u64, AllocError> {
+        self.transact(|tx| Heap { tx }.size_of(ptr.offset()))
+    }
+
+    /// Finds the named object `name`, or allocates `size` zeroed bytes under
+    /// that name. Returns the object and whether this call created it. An
+    /// existing object smaller than `size` is an error.
+    pub fn find_or_create(&self, name: &str, size: u64) -> Result<(ShmPtr<u8>, bool), AllocError> {
+        let key = Name::new(name)?;
+        let owner = self.inner.tag;
+        let mem = self.inner.mem;
+        let (off, created) = self.transact(|tx| {
+            if let Some(entry) = names::find(tx, &key)? {
+                if entry.size < size {
+                    return Err(AllocError::SizeMismatch {
+                        have: entry.size,
+                        want: size,
+                    });
+                }
+                return Ok((entry.offset, false));
+            }
+            let off = Self::alloc_in(tx, size, owner)?;
+            // Zero before publishing the name: nobody sees stale bytes.
+            mem.zero(off, size)?;
+            names::insert(tx, &key, off, size)?;
+            Ok((off, true))
+        })?;
+        Ok((ShmPtr::from_offset(off), created))
+    }
+
+    /// Looks up a named object: its offset and size.
+    pub fn find(&self, name: &str) -> Result<Option<(ShmPtr<u8>, u64)>, AllocError> {
+        let key = Name::new(name)?;
+        self.transact(|tx| {
+            Ok(names::find(tx, &key)?.map(|e| (ShmPtr::from_offset(e.offset), e.size)))
+        })
+    }
+
+    /// Removes and frees a named object. False if there was none.
+    pub fn remove(&self, name: &str) -> Result<bool, AllocError> {
+        let key = Name::new(name)?;
+        self.transact(|tx| {
+            let Some(entry) = names::find(tx, &key)? else {
+                return Ok(false);
+            };
+            names::remove(tx, &entry)?;
+            Heap { tx }.free(entry.offset)?;
+            Ok(true)
+        })
+    }
+
+    /// Walks the whole heap under the lock and reports inconsistencies, and
+    /// as leaks every allocated block that is neither named nor in `live`.
+    pub fn check_heap(&self, live: &[u64]) -> Result<HeapReport, AllocError> {
+        let mut report = self.transact(|tx| check::walk(tx, live))?;
+        report.recoveries = self.recoveries();
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests;
