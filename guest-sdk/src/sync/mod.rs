@@ -124,3 +124,6 @@ impl Shoal {
         wait::wake(&self.inner, off, n)
     }
 }
+
+#[cfg(test)]
+mod tests;
