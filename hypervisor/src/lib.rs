@@ -118,7 +118,7 @@ pub trait Hypervisor: Send + Sync {
 }
 
 /// A VM: guest memory slots, the in-kernel interrupt controllers, eventfds.
-pub trait Vm: Send + Sync {
+pub trait Vm: Send + Sync + std::fmt::Debug {
     /// Creates vCPU `id` (which is also its APIC ID).
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
     /// Creates the in-kernel IOAPIC, PICs and local APICs, and the PIT.
@@ -179,7 +179,7 @@ pub trait Vm: Send + Sync {
 }
 
 /// One virtual CPU. Runs on its own thread.
-pub trait Vcpu: Send {
+pub trait Vcpu: Send + std::fmt::Debug {
     /// Runs guest code until the next exit that userspace must handle.
     fn run(&mut self) -> Result<VmExit<'_>>;
     /// Address of this vCPU's `immediate_exit` byte: a signal handler on the
