@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shoal_tests::{test_guest_linux64_path, GuestProcess, GUEST_DONE};
+use shoal_tests::{test_guest_linux64_path, test_guest_path, GuestProcess, GUEST_DONE};
 
 /// Generous: the guest runs in KVM's instruction emulator on our machines.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,4 +67,25 @@ fn linux_64bit_entry_boots_the_same_scenario() {
         vm.output()
     );
     assert!(vm.error_lines().is_empty(), "{}", vm.output());
+}
+
+#[test]
+fn memory_map_reaches_the_guest_through_both_entries() {
+    for image in [test_guest_path(), test_guest_linux64_path()] {
+        let mut vm =
+            GuestProcess::boot_image(&image, "scenario=boot", &["--memory", "128M"]).unwrap();
+        let line = vm
+            .wait_for_line("SHOAL-TG mem ram-bytes ", TIMEOUT)
+            .unwrap();
+        let ram: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // 128 MiB less the legacy hole below 1 MiB.
+        assert!(
+            (127 << 20..=128 << 20).contains(&ram),
+            "{ram}\n{}",
+            vm.output()
+        );
+        vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+        assert!(vm.wait_for_exit(TIMEOUT).unwrap().success());
+        assert!(vm.error_lines().is_empty(), "{}", vm.output());
+    }
 }

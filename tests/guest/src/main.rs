@@ -73,6 +73,12 @@ pub extern "C" fn shoal_bsp_main(boot_info_addr: u32, protocol: u32) -> ! {
             None
         }
     };
+    if let Some(dropped) = info.as_ref().map(|i| i.memmap_dropped).filter(|&d| d > 0) {
+        serial::error()
+            .str("memory map: ")
+            .dec(dropped as u64)
+            .str(" entries beyond the guest's limit");
+    }
     let args = Args::new(info.as_ref().map_or(&[][..], |i| i.cmdline()));
     let name = args.scenario();
     serial::line().str("start ").bytes(name);
@@ -122,6 +128,7 @@ pub extern "C" fn shoal_bsp_main(boot_info_addr: u32, protocol: u32) -> ! {
                 madt,
                 fadt,
                 mcfg,
+                memmap: info.as_ref().map_or(&[][..], |i| i.memmap()),
             });
             serial::line().str("done");
         }

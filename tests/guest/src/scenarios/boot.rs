@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `scenario=boot`: bring up every CPU of the MADT, then list bus 0.
 //!
-//! Lines: `SHOAL-TG cpu <apic id> up` per CPU (the BSP first), then
+//! Lines: `SHOAL-TG mem <start> <size> <e820 type>` per memory map entry
+//! and `SHOAL-TG mem ram-bytes <n>` (the RAM total), then
+//! `SHOAL-TG cpu <apic id> up` per CPU (the BSP first), then
 //! `SHOAL-TG pci 00:<dev>.<fn> <vendor>:<device>` per function found
 //! through ports 0xcf8/0xcfc. With an MCFG, bus 0 is scanned again through
 //! ECAM and must give the same list: `SHOAL-TG pci ecam agrees <n>`, or an
@@ -9,13 +11,21 @@
 
 use super::Context;
 use crate::pci::{self, Access, Function};
+use crate::start_info::{MemRegion, E820_RAM};
 use crate::{serial, smp};
+
+extern "C" {
+    /// First and last byte + 1 of the loaded image (`linker.ld`).
+    static __image_start: u8;
+    static __image_end: u8;
+}
 
 /// Functions remembered for the ECAM comparison (bus 0 has at most 256).
 const MAX_FUNCTIONS: usize = 256;
 
 /// Runs the scenario.
 pub fn run(ctx: &Context) {
+    report_memory(ctx.memmap);
     let bsp_only = [crate::apic::id()];
     let apic_ids = match ctx.madt {
         Some(madt) => madt.apic_ids(),
@@ -73,5 +83,40 @@ fn compare_ecam(ecam: Access, port: &[Option<Function>]) {
     }
     if agree {
         serial::line().str("pci ecam agrees ").dec(index as u64);
+    }
+}
+
+/// Prints the memory map and checks that the image lies in RAM.
+fn report_memory(memmap: &[MemRegion]) {
+    if memmap.is_empty() {
+        serial::error().str("mem no memory map");
+        return;
+    }
+    let mut ram: u64 = 0;
+    for region in memmap {
+        serial::line()
+            .str("mem ")
+            .hex0x(region.addr)
+            .str(" ")
+            .hex0x(region.size)
+            .str(" ")
+            .dec(u64::from(region.kind));
+        if region.kind == E820_RAM {
+            ram = ram.saturating_add(region.size);
+        }
+    }
+    serial::line().str("mem ram-bytes ").dec(ram);
+    let start = core::ptr::addr_of!(__image_start) as u64;
+    let end = core::ptr::addr_of!(__image_end) as u64;
+    let in_ram = memmap
+        .iter()
+        .any(|r| r.kind == E820_RAM && r.addr <= start && end <= r.addr.saturating_add(r.size));
+    if !in_ram {
+        serial::error()
+            .str("mem image ")
+            .hex0x(start)
+            .str("-")
+            .hex0x(end)
+            .str(" not in one ram region");
     }
 }

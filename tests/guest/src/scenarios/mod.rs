@@ -14,6 +14,7 @@ mod irq;
 
 use crate::acpi::{Fadt, Madt, Mcfg};
 use crate::cmdline::Args;
+use crate::start_info::MemRegion;
 
 /// What every scenario gets (not every scenario reads every field).
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct Context<'a> {
     pub fadt: Option<&'a Fadt>,
     /// The MCFG (ECAM window), when ACPI provided a usable one.
     pub mcfg: Option<&'a Mcfg>,
+    /// The loader's memory map (empty when it gave none).
+    pub memmap: &'a [MemRegion],
 }
 
 /// A named scenario.
