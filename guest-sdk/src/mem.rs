@@ -51,6 +51,7 @@ impl Mem {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn base(&self) -> *mut u8 {
         self.base
     }
