@@ -24,6 +24,8 @@ pub enum MemoryError {
     RegionTooLarge(u64),
     #[error("cannot register guest RAM with KVM")]
     Register(#[source] hypervisor::Error),
+    #[error("the thread registering guest RAM with KVM panicked")]
+    RegisterPanicked,
 }
 
 /// The guest's RAM.

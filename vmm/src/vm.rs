@@ -94,21 +94,23 @@ fn configure_vcpu(
     Ok(())
 }
 
-fn boot(
-    hyp: &KvmHypervisor,
+/// Logs how long each start-up phase took (at debug level): the start-up
+/// profile behind `scripts/bench-boot`.
+struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    fn lap(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        log::debug!("boot: {phase} took {} us", (now - self.0).as_micros());
+        self.0 = now;
+    }
+}
+
+/// Loads the kernel and initramfs, writes ACPI tables and boot information.
+fn load_guest(
     config: &VmConfig,
-    events: &Sender<VmEvent>,
-) -> Result<RunningVm, Error> {
-    config::check_cpus(config.cpus, hyp.max_vcpus())?;
-    arch::check_ram_bytes(config.memory)?;
-    arch::check_vcpu_count(config.cpus)?;
-
-    let vm = hyp.create_vm()?;
-    vm.create_irqchip()?;
-    let ram = GuestRam::new(&arch::ram_regions(config.memory))?;
-    ram.register(vm.as_ref())?;
-    let mem = ram.memory();
-
+    mem: &vm_memory::GuestMemoryMmap,
+) -> Result<arch::KernelEntry, Error> {
     let mut kernel_file =
         arch::open_image(&config.kernel).map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
     let kernel = arch::load_kernel(mem, &mut kernel_file)
@@ -132,16 +134,18 @@ fn boot(
     boot.initramfs = initramfs;
     boot.rsdp_addr = Some(rsdp);
     arch::configure_boot(mem, &boot).map_err(Error::Boot)?;
+    Ok(kernel)
+}
 
-    let (mmio64_base, mmio64_size) = arch::mmio64_window(config.memory);
-    let devices = Arc::new(DeviceManager::new(
-        vm.as_ref(),
-        &config.serial,
-        events.clone(),
-        (mmio64_base.0, mmio64_size),
-    )?);
-    devices.map_bars()?;
-
+/// Creates and configures every vCPU; vCPU 0 gets the kernel's entry state,
+/// the others wait for INIT/SIPI.
+fn create_vcpus(
+    hyp: &KvmHypervisor,
+    vm: &dyn Vm,
+    config: &VmConfig,
+    mem: &vm_memory::GuestMemoryMmap,
+    kernel: &arch::KernelEntry,
+) -> Result<Vec<Box<dyn Vcpu>>, Error> {
     let supported = hyp.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(config.cpus as usize);
     let mut emulated = false;
@@ -169,6 +173,54 @@ fn boot(
         }
         vcpus.push(vcpu);
     }
+    Ok(vcpus)
+}
+
+fn boot(
+    hyp: &KvmHypervisor,
+    config: &VmConfig,
+    events: &Sender<VmEvent>,
+) -> Result<RunningVm, Error> {
+    let mut clock = Stopwatch(std::time::Instant::now());
+    config::check_cpus(config.cpus, hyp.max_vcpus())?;
+    arch::check_ram_bytes(config.memory)?;
+    arch::check_vcpu_count(config.cpus)?;
+
+    let vm = hyp.create_vm()?;
+    clock.lap("creating the VM");
+    vm.create_irqchip()?;
+    clock.lap("in-kernel irqchip and PIT");
+    let ram = GuestRam::new(&arch::ram_regions(config.memory))?;
+    clock.lap("mapping RAM");
+
+    // KVM takes milliseconds to add a large memory slot; load the guest and
+    // set up the vCPUs meanwhile (neither needs the slot).
+    let (devices, vcpus) = std::thread::scope(|s| {
+        let slots = s.spawn(|| ram.register(vm.as_ref()));
+        let prepared = (|| {
+            let mem = ram.memory();
+            let kernel = load_guest(config, mem)?;
+            clock.lap("loading the guest");
+            let (mmio64_base, mmio64_size) = arch::mmio64_window(config.memory);
+            let devices = Arc::new(DeviceManager::new(
+                vm.as_ref(),
+                &config.serial,
+                events.clone(),
+                (mmio64_base.0, mmio64_size),
+            )?);
+            devices.map_bars()?;
+            clock.lap("devices");
+            let vcpus = create_vcpus(hyp, vm.as_ref(), config, mem, &kernel)?;
+            clock.lap("vCPUs");
+            Ok::<_, Error>((devices, vcpus))
+        })();
+        let registered = slots
+            .join()
+            .unwrap_or_else(|_| Err(MemoryError::RegisterPanicked));
+        clock.lap("waiting for the memory slots");
+        registered?;
+        prepared
+    })?;
 
     let run = Arc::new(RunState::default());
     let mut running = RunningVm {
@@ -183,6 +235,7 @@ fn boot(
             .map_err(Error::Thread)?;
         running.threads.push(t);
     }
+    clock.lap("starting vCPU threads");
     Ok(running)
 }
 
