@@ -15,11 +15,16 @@ use shoal_tests::{test_guest_path, GuestProcess, GUEST_DONE};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn qemu() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+/// QEMU is a test dependency (`scripts/test` installs it): a missing QEMU
+/// fails these tests rather than skipping them.
+fn qemu() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join("qemu-system-x86_64"))
         .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")
+        })
 }
 
 /// `kvm` when /dev/kvm can be opened, else `tcg`.
@@ -72,10 +77,7 @@ fn lines_until_done(vm: &GuestProcess) -> Vec<String> {
 
 #[test]
 fn microvm_boot_brings_up_both_cpus_and_powers_off() {
-    let Some(qemu) = qemu() else {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-        return;
-    };
+    let qemu = qemu();
     let command = qemu_command(
         &qemu,
         "microvm,acpi=on,pcie=on",
@@ -101,10 +103,7 @@ fn microvm_boot_brings_up_both_cpus_and_powers_off() {
 
 #[test]
 fn microvm_unknown_scenario_is_reported_and_powers_off() {
-    let Some(qemu) = qemu() else {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-        return;
-    };
+    let qemu = qemu();
     let command = qemu_command(&qemu, "microvm,acpi=on", accel(), 1, "scenario=no-such");
     let mut vm = GuestProcess::spawn(command).unwrap();
     vm.wait_for_line("SHOAL-TG error unknown scenario no-such", TIMEOUT)
@@ -115,10 +114,7 @@ fn microvm_unknown_scenario_is_reported_and_powers_off() {
 
 #[test]
 fn pc_machine_pci_scan_lists_host_bridge_and_ivshmem() {
-    let Some(qemu) = qemu() else {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-        return;
-    };
+    let qemu = qemu();
     // SeaBIOS runs first on `pc`; under KVM's emulator that is slow, so tcg.
     let mut command = qemu_command(&qemu, "pc", "tcg", 2, "scenario=boot");
     command.args([
@@ -147,10 +143,7 @@ fn pc_machine_pci_scan_lists_host_bridge_and_ivshmem() {
 
 #[test]
 fn microvm_self_ipis_reach_the_handler_and_return() {
-    let Some(qemu) = qemu() else {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-        return;
-    };
+    let qemu = qemu();
     let command = qemu_command(&qemu, "microvm,acpi=on", accel(), 1, "scenario=irq count=5");
     let mut vm = GuestProcess::spawn(command).unwrap();
     vm.wait_for_line("SHOAL-TG irq 0x40 delivered 5", TIMEOUT)
@@ -162,10 +155,7 @@ fn microvm_self_ipis_reach_the_handler_and_return() {
 
 #[test]
 fn microvm_page_fault_is_reported_and_powers_off() {
-    let Some(qemu) = qemu() else {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-        return;
-    };
+    let qemu = qemu();
     let command = qemu_command(
         &qemu,
         "microvm,acpi=on",
@@ -183,10 +173,7 @@ fn microvm_page_fault_is_reported_and_powers_off() {
 
 #[test]
 fn q35_ecam_agrees_with_port_io() {
-    let Some(qemu) = qemu() else {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-        return;
-    };
+    let qemu = qemu();
     let command = qemu_command(&qemu, "q35", "tcg", 1, "scenario=boot");
     let mut vm = GuestProcess::spawn(command).unwrap();
     vm.wait_for_line("SHOAL-TG pci 00:00.0 8086:29c0", TIMEOUT)
@@ -205,10 +192,7 @@ fn q35_ecam_agrees_with_port_io() {
 
 #[test]
 fn microvm_eight_cpus_all_report() {
-    let Some(qemu) = qemu() else {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-        return;
-    };
+    let qemu = qemu();
     // KVM here recommends at most 2 vCPUs: use tcg for 8.
     let command = qemu_command(
         &qemu,

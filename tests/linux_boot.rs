@@ -12,7 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ fn kernel() -> (PathBuf, PathBuf) {
     let out = Command::new(root.join("scripts/linux-kernel"))
         .current_dir(&root)
         .output()
-        .expect("run scripts/linux-kernel");
+        .unwrap();
     assert!(
         out.status.success(),
         "scripts/linux-kernel failed:\n{}",
@@ -48,7 +48,7 @@ fn kernel() -> (PathBuf, PathBuf) {
 
 /// Boots `kernel` with 2 vCPUs and waits for the lines that prove Linux took
 /// our boot information, in the order Linux prints them.
-fn boots_to_smp_setup(kernel: &PathBuf, timeout: Duration) {
+fn boots_to_smp_setup(kernel: &Path, timeout: Duration) {
     let mut vm = GuestProcess::shoal(&[
         "run",
         "--kernel",

@@ -214,9 +214,7 @@ fn boot(
             clock.lap("vCPUs");
             Ok::<_, Error>((devices, vcpus))
         })();
-        let registered = slots
-            .join()
-            .unwrap_or_else(|_| Err(MemoryError::RegisterPanicked));
+        let registered = slots.join().unwrap_or(Err(MemoryError::RegisterPanicked));
         clock.lap("waiting for the memory slots");
         registered?;
         prepared
