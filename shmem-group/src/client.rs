@@ -314,6 +314,12 @@ impl Peer {
         self.peers.keys().copied().collect()
     }
 
+    /// Points later [`Peer::reconnect`] calls at another socket path (e.g. a
+    /// server restarted elsewhere).
+    pub fn set_socket(&mut self, socket: &Path) {
+        self.socket = socket.to_path_buf();
+    }
+
     /// Whether the server connection is up.
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()

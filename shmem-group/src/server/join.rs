@@ -296,6 +296,8 @@ impl Server {
                 conn.queue_v0(SHM_MESSAGE, Some(memfd))?;
             }
             Some(list) => {
+                // A resuming client holds its own eventfds already.
+                conn.known.insert(id);
                 for peer in list.into_iter().filter(|p| *p != id) {
                     if live.contains(&peer) {
                         conn.known.insert(peer);
