@@ -135,7 +135,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 fn vendor_string(v: &[u8; 12]) -> String {
-    String::from_utf8_lossy(v).trim_end_matches('\0').to_string()
+    String::from_utf8_lossy(v)
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 /// Checks a header against `host` (magic, checksum, version, compatibility).

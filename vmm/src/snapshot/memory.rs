@@ -90,7 +90,12 @@ pub fn write_image(ram: &File, size: u64, out: &File) -> io::Result<ImageStats> 
 }
 
 /// Writes each run of non-zero pages of `chunk` (at file offset `base`).
-fn write_nonzero_runs(chunk: &[u8], base: u64, out: &File, stats: &mut ImageStats) -> io::Result<()> {
+fn write_nonzero_runs(
+    chunk: &[u8],
+    base: u64,
+    out: &File,
+    stats: &mut ImageStats,
+) -> io::Result<()> {
     let mut run_start: Option<usize> = None;
     let mut off = 0;
     while off <= chunk.len() {
@@ -153,7 +158,8 @@ mod tests {
         let size = 64 * PAGE as u64;
         let ram = memfd(size);
         ram.write_all_at(b"first page", 0).unwrap();
-        ram.write_all_at(b"page 40", 40 * PAGE as u64 + 100).unwrap();
+        ram.write_all_at(b"page 40", 40 * PAGE as u64 + 100)
+            .unwrap();
         // A touched page that is zero again must not be written either.
         ram.write_all_at(&[0u8; 16], 20 * PAGE as u64).unwrap();
         let dir = std::env::temp_dir().join(format!("shoal-img-{}", std::process::id()));
