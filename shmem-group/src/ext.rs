@@ -184,6 +184,13 @@ pub struct StatusReport {
     pub members: Vec<MemberStatus>,
 }
 
+impl StatusReport {
+    /// Pretty-printed JSON (for `shoal group status --json`).
+    pub fn to_json(&self) -> Result<String, ExtError> {
+        serde_json::to_string_pretty(self).map_err(ExtError::Json)
+    }
+}
+
 /// Membership change kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

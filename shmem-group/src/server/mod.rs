@@ -123,6 +123,12 @@ impl Stopper {
     pub fn stop(&self) {
         let _ = self.0.write(1);
     }
+
+    /// The eventfd behind the stopper: writing 8 bytes (any non-zero u64) to
+    /// it stops the server, which is async-signal-safe (for SIGTERM handlers).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
 }
 
 /// Allows a few warnings per second; counts the rest.
