@@ -23,6 +23,7 @@ pub mod bus;
 pub mod fuzzing;
 pub mod i8042;
 pub mod interrupt;
+pub mod ivshmem;
 pub mod pci;
 pub mod ratelimit;
 pub mod serial;
