@@ -11,6 +11,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::doorbells::Doorbells;
 use crate::ext::{self, Adopt, Hello, Reply, Request, Role, EXT_VERSION};
 use crate::layout::Region;
 use crate::memory::{Mapping, MemoryError};
@@ -22,6 +23,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -131,8 +133,9 @@ pub struct Peer {
     vectors: u32,
     memfd: OwnedFd,
     mapping: Mapping,
-    own: Vec<OwnedFd>,
-    peers: BTreeMap<u16, Vec<OwnedFd>>,
+    own: Vec<Arc<OwnedFd>>,
+    doorbells: Doorbells,
+    retired: BTreeMap<u16, Vec<Arc<OwnedFd>>>,
     events: VecDeque<Membership>,
     replies: VecDeque<Reply>,
 }
@@ -142,16 +145,6 @@ struct Greeting {
     memfd: Option<OwnedFd>,
     own: Vec<OwnedFd>,
     peers: BTreeMap<u16, Vec<OwnedFd>>,
-}
-
-fn write_eventfd(fd: &OwnedFd) -> io::Result<()> {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a valid buffer to an fd we own.
-    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
-    if n != 8 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Polls `fd` for input up to `timeout` (None: forever). True if readable.
@@ -256,6 +249,16 @@ impl Peer {
             .ok_or_else(|| ClientError::Unexpected("no region".into()))?;
         let mapping = Mapping::new(&memfd).map_err(ClientError::Memory)?;
         stream.set_nonblocking(true).map_err(ClientError::Io)?;
+        let doorbells = Doorbells::new();
+        let own: Vec<Arc<OwnedFd>> = greeting.own.into_iter().map(Arc::new).collect();
+        for fd in &own {
+            doorbells.push(id, fd.clone());
+        }
+        for (peer, fds) in greeting.peers {
+            for fd in fds {
+                doorbells.push(peer, Arc::new(fd));
+            }
+        }
         Ok(Self {
             socket: socket.to_path_buf(),
             options,
@@ -267,8 +270,9 @@ impl Peer {
             vectors,
             memfd,
             mapping,
-            own: greeting.own,
-            peers: greeting.peers,
+            own,
+            doorbells,
+            retired: BTreeMap::new(),
             events: VecDeque::new(),
             replies,
         })
@@ -309,9 +313,24 @@ impl Peer {
         self.region().map_or(0, |r| r.data_offset())
     }
 
-    /// Peers whose doorbells we hold, in id order.
+    /// Other peers whose doorbells we hold, in id order.
     pub fn peers(&self) -> Vec<u16> {
-        self.peers.keys().copied().collect()
+        let mut ids = self.doorbells.ids();
+        ids.retain(|id| *id != self.id);
+        ids
+    }
+
+    /// The doorbell table (own id included), shared and kept current by
+    /// [`Peer::poll_events`]; a VMM gives it to its ivshmem device model.
+    pub fn doorbells(&self) -> Doorbells {
+        self.doorbells.clone()
+    }
+
+    /// Eventfds of a peer that left (reported as [`Membership::Left`]), kept
+    /// so a VMM can deregister the KVM ioeventfds it attached to them. Call
+    /// after each `Left`; otherwise they are dropped when the id rejoins.
+    pub fn take_retired(&mut self, peer: u16) -> Option<Vec<Arc<OwnedFd>>> {
+        self.retired.remove(&peer)
     }
 
     /// Points later [`Peer::reconnect`] calls at another socket path (e.g. a
@@ -327,15 +346,9 @@ impl Peer {
 
     /// Rings `peer` on `vector` (ringing ourselves is allowed).
     pub fn ring(&self, peer: u16, vector: u32) -> Result<(), ClientError> {
-        let fds = if peer == self.id {
-            Some(&self.own)
-        } else {
-            self.peers.get(&peer)
-        };
-        let fd = fds
-            .and_then(|fds| fds.get(vector as usize))
-            .ok_or(ClientError::NoSuchVector { peer, vector })?;
-        write_eventfd(fd).map_err(ClientError::Io)?;
+        if !self.doorbells.ring(peer, vector).map_err(ClientError::Io)? {
+            return Err(ClientError::NoSuchVector { peer, vector });
+        }
         if let Ok(region) = self.region() {
             region.count_sent(self.id, 1);
         }
@@ -345,6 +358,15 @@ impl Peer {
     /// Our eventfd for `vector`, to poll on.
     pub fn vector_fd(&self, vector: u32) -> Option<RawFd> {
         self.own.get(vector as usize).map(|fd| fd.as_raw_fd())
+    }
+
+    /// Another peer's eventfd for `vector`. After the peer leaves the fd
+    /// stays open until [`Peer::take_retired`] hands it over (or the id
+    /// rejoins), so a KVM ioeventfd attached to it can be deregistered.
+    pub fn peer_vector_fd(&self, peer: u16, vector: u32) -> Option<RawFd> {
+        self.doorbells
+            .fds(peer)
+            .and_then(|fds| fds.get(vector as usize).map(|fd| fd.as_raw_fd()))
     }
 
     /// The server socket, to poll for membership changes.
@@ -405,14 +427,15 @@ impl Peer {
         match item {
             Incoming::V0 { value, fd } => match self.decoder.push(value, fd) {
                 Ok(V0Event::PeerVector { peer, fd, .. }) => {
-                    let fds = self.peers.entry(peer).or_default();
-                    fds.push(fd);
-                    if fds.len() == self.vectors as usize {
+                    self.retired.remove(&peer);
+                    if self.doorbells.push(peer, Arc::new(fd)) == self.vectors as usize {
                         self.events.push_back(Membership::Joined(peer));
                     }
                 }
                 Ok(V0Event::PeerGone(peer)) => {
-                    self.peers.remove(&peer);
+                    if let Some(fds) = self.doorbells.remove(peer) {
+                        self.retired.insert(peer, fds);
+                    }
                     self.events.push_back(Membership::Left(peer));
                 }
                 Ok(other) => {
@@ -488,7 +511,7 @@ impl Peer {
         }
         stream.set_nonblocking(true).map_err(ClientError::Io)?;
         self.token = welcome.token;
-        self.decoder = V0Decoder::resumed(self.id, self.vectors, self.peers.keys().copied());
+        self.decoder = V0Decoder::resumed(self.id, self.vectors, self.peers());
         self.reader = reader;
         self.stream = Some(stream);
         Ok(())

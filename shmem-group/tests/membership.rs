@@ -72,6 +72,9 @@ fn killed_peer_is_marked_dead_and_a_new_peer_gets_a_fresh_id() {
     assert_eq!(after.state, Some(PeerState::Dead));
     assert_eq!(after.generation, before.generation + 1);
     assert!(observer.ring(child_id, 0).is_err());
+    // The departed peer's eventfds are kept for ioeventfd deregistration.
+    assert_eq!(observer.take_retired(child_id).map(|f| f.len()), Some(1));
+    assert!(observer.take_retired(child_id).is_none());
 
     let newcomer = Peer::connect(&server.path).unwrap();
     assert_ne!(newcomer.id(), child_id);

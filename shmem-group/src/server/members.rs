@@ -3,7 +3,9 @@
 //! eventfds and identity tokens. The state table in the region mirrors it.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+
+pub use crate::doorbells::new_eventfd;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// Key of a connection in the server's connection slab.
@@ -128,17 +130,6 @@ impl Members {
             SlotState::Live => token_ok,
         }
     }
-}
-
-/// Creates one non-blocking close-on-exec eventfd.
-pub fn new_eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain eventfd(2) call; the result is checked.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: eventfd returned a fresh descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// A random 128-bit identity token, hex encoded.
