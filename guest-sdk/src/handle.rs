@@ -93,8 +93,7 @@ impl Shoal {
         match std::env::var_os(SOCKET_ENV) {
             Some(path) => Self::open_host(Path::new(&path)),
             None => {
-                let pci = crate::transport::pci::Pci::open_first()
-                    .map_err(OpenError::Transport)?;
+                let pci = crate::transport::pci::Pci::open_first().map_err(OpenError::Transport)?;
                 Self::open_transport(Box::new(pci))
             }
         }

@@ -185,8 +185,16 @@ impl Geometry {
         let get32 = |rel: u64| mem.u32(self.field(rel)).map(|a| a.load(Ordering::Relaxed));
         let get64 = |rel: u64| mem.u64(self.field(rel)).map(|a| a.load(Ordering::Relaxed));
         let checks = [
-            (u64::from(get32(H_MAX_PEERS)?), u64::from(self.max_peers), "max peers"),
-            (u64::from(get32(H_PAGES)?), u64::from(self.pages), "page count"),
+            (
+                u64::from(get32(H_MAX_PEERS)?),
+                u64::from(self.max_peers),
+                "max peers",
+            ),
+            (
+                u64::from(get32(H_PAGES)?),
+                u64::from(self.pages),
+                "page count",
+            ),
             (get64(H_NAMES)?, self.names, "name table"),
             (get64(H_WAIT)?, self.wait, "wait table"),
             (get64(H_DESC)?, self.desc, "descriptors"),

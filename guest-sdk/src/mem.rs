@@ -128,7 +128,10 @@ mod tests {
         let mut buf = vec![0u64; 4];
         let m = mem(&mut buf);
         assert!(m.u64(24).is_ok());
-        assert_eq!(m.u64(32).unwrap_err(), MemError::Bounds { offset: 32, len: 8 });
+        assert_eq!(
+            m.u64(32).unwrap_err(),
+            MemError::Bounds { offset: 32, len: 8 }
+        );
         assert!(m.u32(u64::MAX - 1).is_err());
     }
 

@@ -92,7 +92,10 @@ mod tests {
     fn tag_dies_with_generation_change() {
         let mut buf = vec![0u64; 1024];
         let peers = table(&mut buf);
-        let g = peers.region().set_peer(2, PeerState::Alive, 1, true).unwrap();
+        let g = peers
+            .region()
+            .set_peer(2, PeerState::Alive, 1, true)
+            .unwrap();
         let t = tag(2, g);
         assert!(peers.alive(t));
         peers.region().set_peer(2, PeerState::Migrating, 1, false);

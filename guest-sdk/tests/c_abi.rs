@@ -70,7 +70,10 @@ fn header_status_codes_match_the_library() {
         let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
             continue;
         };
-        let value: i32 = value.trim_matches(|c| c == '(' || c == ')').parse().unwrap();
+        let value: i32 = value
+            .trim_matches(|c| c == '(' || c == ')')
+            .parse()
+            .unwrap();
         let rust = read("src/ffi/mod.rs");
         let decl = format!("pub const SHOAL_{name}: c_int = {value};");
         assert!(rust.contains(&decl), "{decl} missing from ffi");
@@ -86,13 +89,17 @@ fn libdir() -> &'static Path {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
         let target = exe.ancestors().nth(3).unwrap().join("sdk-clib");
-        let status = Command::new(env!("CARGO"))
+        let out = Command::new(env!("CARGO"))
             .args(["build", "-p", "guest-sdk", "--lib", "--quiet"])
             .current_dir(crate_dir())
             .env("CARGO_TARGET_DIR", &target)
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "building libshoal.a failed");
+        assert!(
+            out.status.success(),
+            "building libshoal.a failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         target.join("debug")
     })
 }
@@ -123,7 +130,11 @@ fn c_api_returns_error_codes_instead_of_crashing() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("api: ok"), "{stdout}");
 }
 
@@ -148,6 +159,9 @@ fn openmp_jacobi_across_two_peers_matches_the_reference() {
         all.push_str(&String::from_utf8_lossy(&out.stdout));
         assert!(out.status.success(), "{all}");
     }
-    assert!(all.contains("result matches the single-process reference"), "{all}");
+    assert!(
+        all.contains("result matches the single-process reference"),
+        "{all}"
+    );
     assert_eq!(all.matches("rank ").count(), 2, "{all}");
 }

@@ -13,16 +13,33 @@ fn histogram_example_across_three_peers_matches_the_reference() {
     if !example.exists() {
         // Only `cargo test` without a target filter builds examples.
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "guest-sdk", "--example", "histogram", "--quiet"])
+            .args([
+                "build",
+                "-p",
+                "guest-sdk",
+                "--example",
+                "histogram",
+                "--quiet",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("CARGO_TARGET_DIR", exe.ancestors().nth(3).unwrap())
             .status()
             .unwrap();
         assert!(status.success(), "building the example failed");
     }
-    let out = Command::new(&example).args(["serve", "3"]).output().unwrap();
+    let out = Command::new(&example)
+        .args(["serve", "3"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("match the single-process reference"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("match the single-process reference"),
+        "{stdout}"
+    );
     assert_eq!(stdout.matches("histogram: rank").count(), 3, "{stdout}");
 }

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{child_open, finish, result_of, role, wait_until, TestServer};
-use shoal::{Barrier, Condvar, Mutex, Shoal, ShmPtr, WaitOutcome};
+use shoal::{Barrier, Condvar, Mutex, ShmPtr, Shoal, WaitOutcome};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -38,7 +38,14 @@ fn child() {
             let got = s
                 .futex_wait(word, 0, Some(Duration::from_millis(args(&arg)[0])))
                 .unwrap();
-            println!("RESULT {}", if got == WaitOutcome::Woken { "woken" } else { "timeout" });
+            println!(
+                "RESULT {}",
+                if got == WaitOutcome::Woken {
+                    "woken"
+                } else {
+                    "timeout"
+                }
+            );
         }
         "alloc_stress" => alloc_role(&s, &args(&arg)),
         other => panic!("unknown role {other}"),
@@ -81,14 +88,26 @@ fn mutex_counter_is_exact_after_a_million_increments() {
     }
     let (base, created) = s.find_or_create("counter", 64).unwrap();
     assert!(!created);
-    assert_eq!(s.get(at::<AtomicU64>(base, 8)).unwrap().load(Ordering::Relaxed), 1_000_000);
-    assert_eq!(s.get(base.cast::<Mutex>()).unwrap().raw(), 0, "left unlocked");
+    assert_eq!(
+        s.get(at::<AtomicU64>(base, 8))
+            .unwrap()
+            .load(Ordering::Relaxed),
+        1_000_000
+    );
+    assert_eq!(
+        s.get(base.cast::<Mutex>()).unwrap().raw(),
+        0,
+        "left unlocked"
+    );
 }
 
 fn barrier_role(s: &Shoal, a: &[u64]) {
     let (threads, phases, parties) = (a[0], a[1], a[2]);
     let (base, _) = s.find_or_create("barrier", 64).unwrap();
-    s.get(base.cast::<Barrier>()).unwrap().init(parties as u32).unwrap();
+    s.get(base.cast::<Barrier>())
+        .unwrap()
+        .init(parties as u32)
+        .unwrap();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let s = s.clone();
@@ -120,7 +139,12 @@ fn barrier_phases_never_overlap_across_processes() {
     }
     let s = server.open();
     let (base, _) = s.find_or_create("barrier", 64).unwrap();
-    assert_eq!(s.get(at::<AtomicU64>(base, 16)).unwrap().load(Ordering::SeqCst), 6 * 300);
+    assert_eq!(
+        s.get(at::<AtomicU64>(base, 16))
+            .unwrap()
+            .load(Ordering::SeqCst),
+        6 * 300
+    );
 }
 
 // Bounded queue "pc": mutex 0, not_empty 4, not_full 8, head 16, tail 24,
@@ -156,7 +180,9 @@ fn producer_role(s: &Shoal, a: &[u64]) {
         not_empty.notify_one(s).unwrap();
     }
     let _g = m.lock(s).unwrap();
-    s.get(at::<AtomicU64>(q, 32)).unwrap().fetch_add(1, Ordering::Relaxed);
+    s.get(at::<AtomicU64>(q, 32))
+        .unwrap()
+        .fetch_add(1, Ordering::Relaxed);
     not_empty.notify_all(s).unwrap();
 }
 
@@ -242,8 +268,16 @@ fn futex_wait_times_out_and_wake_wakes_exactly_n() {
         .into_iter()
         .map(|c| result_of(&finish(c)).unwrap())
         .collect();
-    assert_eq!(results.iter().filter(|r| *r == "woken").count(), 2, "{results:?}");
-    assert_eq!(results.iter().filter(|r| *r == "timeout").count(), 2, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| *r == "woken").count(),
+        2,
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|r| *r == "timeout").count(),
+        2,
+        "{results:?}"
+    );
 }
 
 fn alloc_role(s: &Shoal, a: &[u64]) {
@@ -260,15 +294,24 @@ fn alloc_role(s: &Shoal, a: &[u64]) {
                     x ^= x >> 7;
                     x ^= x << 17;
                     if live.is_empty() || (x % 5 < 3 && live.len() < 200) {
-                        let size = if x % 16 == 0 { 4096 + x % 30_000 } else { 8 + x % 2040 };
+                        let size = if x % 16 == 0 {
+                            4096 + x % 30_000
+                        } else {
+                            8 + x % 2040
+                        };
                         let p = s.alloc(size).unwrap();
                         let tag = (seed << 40) | (t << 32) | op;
-                        s.get(p.cast::<AtomicU64>()).unwrap().store(tag, Ordering::Relaxed);
+                        s.get(p.cast::<AtomicU64>())
+                            .unwrap()
+                            .store(tag, Ordering::Relaxed);
                         live.push((p, size, tag));
                     } else {
                         let i = (x >> 8) as usize % live.len();
                         let (p, _, tag) = live.swap_remove(i);
-                        let got = s.get(p.cast::<AtomicU64>()).unwrap().load(Ordering::Relaxed);
+                        let got = s
+                            .get(p.cast::<AtomicU64>())
+                            .unwrap()
+                            .load(Ordering::Relaxed);
                         assert_eq!(got, tag, "block {p:?} was handed out twice");
                         s.free(p).unwrap();
                     }
@@ -277,7 +320,10 @@ fn alloc_role(s: &Shoal, a: &[u64]) {
             })
         })
         .collect();
-    let kept: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let kept: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     let list: Vec<String> = kept.iter().map(u64::to_string).collect();
     println!("RESULT {} {}", table.offset(), list.join(","));
 }
@@ -294,16 +340,25 @@ fn allocator_stress_from_all_peers_stays_consistent() {
         let out = result_of(&finish(c)).unwrap();
         let (table, list) = out.split_once(' ').unwrap();
         tables.push(table.to_string());
-        live.extend(list.split(',').filter(|x| !x.is_empty()).map(|x| x.parse::<u64>().unwrap()));
+        live.extend(
+            list.split(',')
+                .filter(|x| !x.is_empty())
+                .map(|x| x.parse::<u64>().unwrap()),
+        );
     }
-    assert!(tables.windows(2).all(|w| w[0] == w[1]), "named lookup differs: {tables:?}");
+    assert!(
+        tables.windows(2).all(|w| w[0] == w[1]),
+        "named lookup differs: {tables:?}"
+    );
     let s = server.open();
     let report = s.check_heap(&live).unwrap();
     assert!(report.is_consistent(), "{:#?}", report.errors);
     assert!(report.leaks.is_empty(), "leaked {:?}", report.leaks);
     assert_eq!(report.named, 1);
     assert_eq!(
-        s.find("shared-table").unwrap().map(|(p, _)| p.offset().to_string()),
+        s.find("shared-table")
+            .unwrap()
+            .map(|(p, _)| p.offset().to_string()),
         Some(tables[0].clone())
     );
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{child_open, role, wait_until, TestServer};
-use shoal::{AllocError, LayoutError, Mutex, OpenError, Shoal, ShmPtr};
+use shoal::{AllocError, LayoutError, Mutex, OpenError, ShmPtr, Shoal};
 use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -58,7 +58,9 @@ fn child() {
                     })
                 })
                 .collect();
-            s.get(flag.cast::<AtomicU64>()).unwrap().store(1, Ordering::SeqCst);
+            s.get(flag.cast::<AtomicU64>())
+                .unwrap()
+                .store(1, Ordering::SeqCst);
             for w in workers {
                 let _ = w.join();
             }
@@ -80,7 +82,9 @@ fn kill_while_holding_a_mutex_gives_owner_died() {
     let s = server.open();
     let (base, _) = s.find_or_create("robust", 64).unwrap();
     let mut child = server.spawn(TEST, "holder", "");
-    let held = s.get(ShmPtr::<AtomicU64>::from_offset(base.offset() + 8)).unwrap();
+    let held = s
+        .get(ShmPtr::<AtomicU64>::from_offset(base.offset() + 8))
+        .unwrap();
     wait_until(10, "the child to lock", || held.load(Ordering::SeqCst) != 0);
     let holder = (held.load(Ordering::SeqCst) - 1) as u16;
     let m = s.get(base.cast::<Mutex>()).unwrap();
@@ -109,14 +113,24 @@ fn kill_during_allocation_leaves_the_heap_consistent() {
         let flag = s.get(flag.cast::<AtomicU64>()).unwrap();
         flag.store(0, Ordering::SeqCst);
         let mut child = server.spawn(TEST, "allocator", "");
-        wait_until(10, "the child to start", || flag.load(Ordering::SeqCst) != 0);
+        wait_until(10, "the child to start", || {
+            flag.load(Ordering::SeqCst) != 0
+        });
         std::thread::sleep(Duration::from_millis(30 + 20 * round));
         kill9(&mut child);
         // Our own allocations go on working, and the heap adds up.
         let p = s.alloc(300).unwrap();
         let report = s.check_heap(&[p.offset()]).unwrap();
-        assert!(report.is_consistent(), "round {round}: {:#?}", report.errors);
-        eprintln!("round {round}: {} recoveries, {} leaked blocks", report.recoveries, report.leaks.len());
+        assert!(
+            report.is_consistent(),
+            "round {round}: {:#?}",
+            report.errors
+        );
+        eprintln!(
+            "round {round}: {} recoveries, {} leaked blocks",
+            report.recoveries,
+            report.leaks.len()
+        );
         s.free(p).unwrap();
     }
 }
@@ -145,11 +159,16 @@ fn double_free_and_foreign_offsets_through_a_server() {
     let p = a.alloc(64).unwrap();
     b.free(p).unwrap();
     assert!(matches!(a.free(p), Err(AllocError::NotAllocated(_))));
-    assert!(matches!(a.free(ShmPtr::<u8>::from_offset(12)), Err(AllocError::Foreign(_))));
+    assert!(matches!(
+        a.free(ShmPtr::<u8>::from_offset(12)),
+        Err(AllocError::Foreign(_))
+    ));
     assert!(matches!(
         a.free(ShmPtr::<u8>::from_offset(a.region_size() + 4096)),
         Err(AllocError::Foreign(_))
     ));
-    assert!(a.get(ShmPtr::<AtomicU64>::from_offset(a.region_size() - 4)).is_err());
+    assert!(a
+        .get(ShmPtr::<AtomicU64>::from_offset(a.region_size() - 4))
+        .is_err());
     assert!(a.check_heap(&[]).unwrap().is_consistent());
 }

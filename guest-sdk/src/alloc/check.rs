@@ -2,7 +2,7 @@
 //! The heap checker: walks every page descriptor, the free list, the class
 //! lists and the name table, and reports what does not add up.
 
-use super::heap::{self, Heap, D_BITMAP, D_KIND, D_LEN, D_NEXT, D_PREV, D_USED, CLASSES};
+use super::heap::{self, Heap, CLASSES, D_BITMAP, D_KIND, D_LEN, D_NEXT, D_PREV, D_USED};
 use super::journal::Tx;
 use super::{names, AllocError};
 use crate::layout::{H_CLASSES, H_FREE_HEAD, H_FREE_PAGES, PAGE};
@@ -81,7 +81,9 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
                 None => r.errors.push(format!("page {p}: broken large block")),
             },
             heap::K_SLAB => check_slab(&h, p, &mut r, &mut blocks, &mut partial)?,
-            k => r.errors.push(format!("page {p}: kind {k} outside any block")),
+            k => r
+                .errors
+                .push(format!("page {p}: kind {k} outside any block")),
         }
         prev_free = is_free;
         p += step;
@@ -93,11 +95,14 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
     while link != 0 {
         let page = link - 1;
         if !free_heads.contains(&page) || !seen.insert(page) {
-            r.errors.push(format!("free list: page {page} is not a free run (or repeats)"));
+            r.errors.push(format!(
+                "free list: page {page} is not a free run (or repeats)"
+            ));
             break;
         }
         if h.get(page, D_PREV)? != prev {
-            r.errors.push(format!("free list: bad back link at page {page}"));
+            r.errors
+                .push(format!("free list: bad back link at page {page}"));
         }
         prev = link;
         link = h.get(page, D_NEXT)?;
@@ -111,7 +116,10 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
     }
     let counted = h.tx.get32(geo.field(H_FREE_PAGES))?;
     if counted != r.free_pages {
-        r.errors.push(format!("free page count {counted}, walked {}", r.free_pages));
+        r.errors.push(format!(
+            "free page count {counted}, walked {}",
+            r.free_pages
+        ));
     }
     // Each class list holds exactly the non-full slabs of that class.
     for c in 0..CLASSES.len() {
@@ -121,11 +129,14 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
         while link != 0 {
             let page = link - 1;
             if !partial.remove(&(c, page)) {
-                r.errors.push(format!("class {c} list: page {page} is not a partial slab of it"));
+                r.errors.push(format!(
+                    "class {c} list: page {page} is not a partial slab of it"
+                ));
                 break;
             }
             if h.get(page, D_PREV)? != prev {
-                r.errors.push(format!("class {c} list: bad back link at page {page}"));
+                r.errors
+                    .push(format!("class {c} list: bad back link at page {page}"));
             }
             n += 1;
             prev = link;
@@ -136,7 +147,9 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
         }
     }
     for (c, page) in partial {
-        r.errors.push(format!("page {page}: partial slab missing from class {c} list"));
+        r.errors.push(format!(
+            "page {page}: partial slab missing from class {c} list"
+        ));
     }
     // Names point at live blocks big enough.
     let named = names::all(h.tx)?;
@@ -145,13 +158,16 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
     for e in &named {
         match blocks.get(&e.offset) {
             Some(&size) if size >= e.size => {}
-            _ => r.errors.push(format!("name slot {} points at no block", e.slot)),
+            _ => r
+                .errors
+                .push(format!("name slot {} points at no block", e.slot)),
         }
     }
     let live_set: BTreeSet<u64> = live.iter().copied().collect();
     for &off in &live_set {
         if !blocks.contains_key(&off) {
-            r.errors.push(format!("live offset {off:#x} is not allocated"));
+            r.errors
+                .push(format!("live offset {off:#x} is not allocated"));
         }
     }
     if live_set.len() != live.len() {
@@ -175,7 +191,8 @@ fn check_slab(
 ) -> Result<(), AllocError> {
     let c = h.get(p, D_LEN)? as usize;
     let Some(&size) = CLASSES.get(c) else {
-        r.errors.push(format!("page {p}: slab of unknown class {c}"));
+        r.errors
+            .push(format!("page {p}: slab of unknown class {c}"));
         return Ok(());
     };
     let cap = heap::per_page(c);
@@ -197,7 +214,8 @@ fn check_slab(
     }
     let used = h.get(p, D_USED)?;
     if used != count {
-        r.errors.push(format!("page {p}: slab says {used} used, bitmap {count}"));
+        r.errors
+            .push(format!("page {p}: slab says {used} used, bitmap {count}"));
     }
     if count < cap {
         partial.insert((c, p));

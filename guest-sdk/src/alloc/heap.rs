@@ -46,8 +46,8 @@ pub(crate) const D_BITMAP: u64 = 32;
 
 /// Object sizes of the slab classes.
 pub const CLASSES: [u32; 24] = [
-    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896,
-    1024, 1280, 1536, 1792, 2048,
+    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
+    1280, 1536, 1792, 2048,
 ];
 const _: () = assert!(CLASSES.len() as u64 <= CLASS_SLOTS);
 /// Largest request served from a slab.
@@ -368,7 +368,9 @@ impl Heap<'_, '_> {
         match self.get(page, D_KIND)? {
             K_SLAB => {
                 let (c, index) = self.slab_index(page, within, off)?;
-                let bits = self.tx.get64(self.d(page, D_BITMAP + 8 * u64::from(index / 64)))?;
+                let bits = self
+                    .tx
+                    .get64(self.d(page, D_BITMAP + 8 * u64::from(index / 64)))?;
                 if bits & (1 << (index % 64)) == 0 {
                     return Err(AllocError::NotAllocated(off));
                 }

@@ -39,10 +39,17 @@ fn second_peer_sees_the_first_peers_layout() {
 fn foreign_magic_is_refused() {
     let r = region(1 << 20);
     let a = open(&r, 0);
-    let magic = a.get(ShmPtr::<std::sync::atomic::AtomicU64>::from_offset(a.geometry().header)).unwrap();
+    let magic = a
+        .get(ShmPtr::<std::sync::atomic::AtomicU64>::from_offset(
+            a.geometry().header,
+        ))
+        .unwrap();
     magic.store(0x1234, Ordering::Release);
     let err = Shoal::open_local(Arc::clone(&r), 1).unwrap_err();
-    assert!(matches!(err, OpenError::Layout(LayoutError::BadMagic(0x1234))), "{err:?}");
+    assert!(
+        matches!(err, OpenError::Layout(LayoutError::BadMagic(0x1234))),
+        "{err:?}"
+    );
     magic.store(SDK_MAGIC, Ordering::Release);
     assert!(Shoal::open_local(Arc::clone(&r), 1).is_ok());
 }
@@ -51,20 +58,34 @@ fn foreign_magic_is_refused() {
 fn wrong_version_is_refused() {
     let r = region(1 << 20);
     let a = open(&r, 0);
-    let version = a.get(ShmPtr::<std::sync::atomic::AtomicU32>::from_offset(a.geometry().header + 8)).unwrap();
+    let version = a
+        .get(ShmPtr::<std::sync::atomic::AtomicU32>::from_offset(
+            a.geometry().header + 8,
+        ))
+        .unwrap();
     version.store(99, Ordering::Relaxed);
     let err = Shoal::open_local(Arc::clone(&r), 1).unwrap_err();
-    assert!(matches!(err, OpenError::Layout(LayoutError::Version(99))), "{err:?}");
+    assert!(
+        matches!(err, OpenError::Layout(LayoutError::Version(99))),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn corrupt_geometry_is_refused() {
     let r = region(1 << 20);
     let a = open(&r, 0);
-    let pages = a.get(ShmPtr::<std::sync::atomic::AtomicU32>::from_offset(a.geometry().header + 20)).unwrap();
+    let pages = a
+        .get(ShmPtr::<std::sync::atomic::AtomicU32>::from_offset(
+            a.geometry().header + 20,
+        ))
+        .unwrap();
     pages.store(1_000_000, Ordering::Relaxed);
     let err = Shoal::open_local(Arc::clone(&r), 1).unwrap_err();
-    assert!(matches!(err, OpenError::Layout(LayoutError::Corrupt(_))), "{err:?}");
+    assert!(
+        matches!(err, OpenError::Layout(LayoutError::Corrupt(_))),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -72,7 +93,10 @@ fn too_small_region_is_refused() {
     let r = LocalRegion::new(16384, 8).unwrap();
     r.join(0).unwrap();
     let err = Shoal::open_local(r, 0).unwrap_err();
-    assert!(matches!(err, OpenError::Layout(LayoutError::TooSmall { .. })), "{err:?}");
+    assert!(
+        matches!(err, OpenError::Layout(LayoutError::TooSmall { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -134,11 +158,21 @@ fn foreign_and_interior_offsets_are_errors() {
     let small = s.alloc(64).unwrap();
     let large = s.alloc(2 * PAGE).unwrap();
     for bad in [0, 8, s.geometry().header, u64::MAX, 1 << 20] {
-        assert!(matches!(s.free(ShmPtr::<u8>::from_offset(bad)), Err(AllocError::Foreign(_))));
+        assert!(matches!(
+            s.free(ShmPtr::<u8>::from_offset(bad)),
+            Err(AllocError::Foreign(_))
+        ));
     }
-    assert!(matches!(s.free(ShmPtr::<u8>::from_offset(small.offset() + 8)), Err(AllocError::Foreign(_))));
-    assert!(s.free(ShmPtr::<u8>::from_offset(large.offset() + PAGE)).is_err());
-    assert!(s.free(ShmPtr::<u8>::from_offset(large.offset() + 16)).is_err());
+    assert!(matches!(
+        s.free(ShmPtr::<u8>::from_offset(small.offset() + 8)),
+        Err(AllocError::Foreign(_))
+    ));
+    assert!(s
+        .free(ShmPtr::<u8>::from_offset(large.offset() + PAGE))
+        .is_err());
+    assert!(s
+        .free(ShmPtr::<u8>::from_offset(large.offset() + 16))
+        .is_err());
     consistent(&s, &[small.offset(), large.offset()]);
 }
 
@@ -152,7 +186,10 @@ fn named_objects_are_shared_between_peers() {
     assert!(created_a && !created_b);
     assert_eq!(pa, pb);
     assert_eq!(b.find("matrix").unwrap(), Some((pa, 5000)));
-    assert!(matches!(b.find_or_create("matrix", 6000), Err(AllocError::SizeMismatch { .. })));
+    assert!(matches!(
+        b.find_or_create("matrix", 6000),
+        Err(AllocError::SizeMismatch { .. })
+    ));
     assert!(matches!(b.free(pa), Err(AllocError::Named(_))));
     let report = consistent(&a, &[]);
     assert_eq!(report.named, 1);
@@ -172,7 +209,9 @@ fn named_objects_start_zeroed() {
     unsafe { std::ptr::write_bytes(raw, 0xab, 3000) };
     a.free(p).unwrap();
     let (q, _) = a.find_or_create("zeroed", 3000).unwrap();
-    let bytes = a.slice(q.cast::<std::sync::atomic::AtomicU8>(), 3000).unwrap();
+    let bytes = a
+        .slice(q.cast::<std::sync::atomic::AtomicU8>(), 3000)
+        .unwrap();
     assert!(bytes.iter().all(|b| b.load(Ordering::Relaxed) == 0));
 }
 
@@ -202,7 +241,7 @@ fn dead_holder_transaction_is_rolled_back() {
     let mut tx = Tx::begin(&cx.mem, &cx.geo);
     Heap { tx: &mut tx }.alloc_large(5, cx.tag).unwrap();
     Heap { tx: &mut tx }.alloc_small(3).unwrap();
-    drop(tx);
+    let _abandoned = tx;
     r.kill(1).unwrap();
     let report = b.check_heap(&[keep.offset()]).unwrap();
     assert!(report.is_consistent(), "{:#?}", report.errors);
@@ -231,7 +270,8 @@ fn random_operation_sequences_keep_the_heap_consistent() {
             }
         } else {
             let i = ((x >> 8) % live.len() as u64) as usize;
-            s.free(ShmPtr::<u8>::from_offset(live.swap_remove(i))).unwrap();
+            s.free(ShmPtr::<u8>::from_offset(live.swap_remove(i)))
+                .unwrap();
         }
         if step % 500 == 0 {
             let report = consistent(&s, &live);

@@ -378,7 +378,9 @@ pub unsafe extern "C" fn shoal_ptr(s: *const ShoalHandle, off: u64) -> *mut c_vo
         }
         s.raw(ShmPtr::<u8>::from_offset(off), 1).ok()
     }));
-    r.ok().flatten().map_or(std::ptr::null_mut(), |p| p as *mut c_void)
+    r.ok()
+        .flatten()
+        .map_or(std::ptr::null_mut(), |p| p as *mut c_void)
 }
 
 /// The region offset of `p` (0 if it is not inside the region).
@@ -432,4 +434,3 @@ pub unsafe extern "C" fn shoal_check_heap(
         }
     })
 }
-

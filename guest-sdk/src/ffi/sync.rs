@@ -120,10 +120,12 @@ pub unsafe extern "C" fn shoal_mutex_timedlock(
 pub unsafe extern "C" fn shoal_mutex_trylock(s: *mut ShoalHandle, m: *mut c_void) -> c_int {
     // SAFETY: caller contract.
     unsafe {
-        with_obj(s, m, 4, |shoal, off| match mutex::try_lock(&shoal.inner, off) {
-            Ok(Some(how)) => locked_code(how),
-            Ok(None) => SHOAL_EBUSY,
-            Err(e) => sync_code(&e),
+        with_obj(s, m, 4, |shoal, off| {
+            match mutex::try_lock(&shoal.inner, off) {
+                Ok(Some(how)) => locked_code(how),
+                Ok(None) => SHOAL_EBUSY,
+                Err(e) => sync_code(&e),
+            }
         })
     }
 }
@@ -136,9 +138,11 @@ pub unsafe extern "C" fn shoal_mutex_trylock(s: *mut ShoalHandle, m: *mut c_void
 pub unsafe extern "C" fn shoal_mutex_unlock(s: *mut ShoalHandle, m: *mut c_void) -> c_int {
     // SAFETY: caller contract.
     unsafe {
-        with_obj(s, m, 4, |shoal, off| match mutex::unlock(&shoal.inner, off) {
-            Ok(()) => SHOAL_OK,
-            Err(e) => sync_code(&e),
+        with_obj(s, m, 4, |shoal, off| {
+            match mutex::unlock(&shoal.inner, off) {
+                Ok(()) => SHOAL_OK,
+                Err(e) => sync_code(&e),
+            }
         })
     }
 }
@@ -193,9 +197,11 @@ pub unsafe extern "C" fn shoal_cond_timedwait(
 pub unsafe extern "C" fn shoal_cond_signal(s: *mut ShoalHandle, c: *mut c_void) -> c_int {
     // SAFETY: caller contract.
     unsafe {
-        with_obj(s, c, 4, |shoal, off| match condvar::notify_at(shoal, off, 1) {
-            Ok(()) => SHOAL_OK,
-            Err(e) => sync_code(&e),
+        with_obj(s, c, 4, |shoal, off| {
+            match condvar::notify_at(shoal, off, 1) {
+                Ok(()) => SHOAL_OK,
+                Err(e) => sync_code(&e),
+            }
         })
     }
 }

@@ -56,7 +56,11 @@ impl Barrier {
     }
 
     /// As [`Barrier::wait`], for at most `timeout`.
-    pub fn wait_timeout(&self, shoal: &Shoal, timeout: Option<Duration>) -> Result<bool, SyncError> {
+    pub fn wait_timeout(
+        &self,
+        shoal: &Shoal,
+        timeout: Option<Duration>,
+    ) -> Result<bool, SyncError> {
         let parties = self.parties();
         if parties == 0 {
             return Err(SyncError::Parties { got: 0, have: 0 });

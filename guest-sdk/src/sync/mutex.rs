@@ -36,7 +36,11 @@ pub enum Locked {
 }
 
 /// Locks the word at `offset` (None: no timeout).
-pub(crate) fn lock(cx: &Inner, offset: u64, timeout: Option<Duration>) -> Result<Locked, SyncError> {
+pub(crate) fn lock(
+    cx: &Inner,
+    offset: u64,
+    timeout: Option<Duration>,
+) -> Result<Locked, SyncError> {
     let word = cx.mem.u32(offset)?;
     if word
         .compare_exchange(0, cx.tag, Ordering::Acquire, Ordering::Relaxed)

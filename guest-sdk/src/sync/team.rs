@@ -80,12 +80,10 @@ impl Team {
             rank: 0,
             size,
         };
-        match team.word(OFF_SIZE)?.compare_exchange(
-            0,
-            size,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match team
+            .word(OFF_SIZE)?
+            .compare_exchange(0, size, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => {}
             Err(have) if have == size => {}
             Err(have) => return Err(SyncError::Parties { got: size, have }),
@@ -101,7 +99,9 @@ impl Team {
     }
 
     fn word(&self, rel: u64) -> Result<&AtomicU32, SyncError> {
-        Ok(self.shoal.get(ShmPtr::<AtomicU32>::from_offset(self.base + rel))?)
+        Ok(self
+            .shoal
+            .get(ShmPtr::<AtomicU32>::from_offset(self.base + rel))?)
     }
 
     fn slot(&self, rank: u32) -> Result<&AtomicU64, SyncError> {
@@ -110,7 +110,9 @@ impl Team {
     }
 
     fn barrier_obj(&self) -> Result<&Barrier, SyncError> {
-        Ok(self.shoal.get(ShmPtr::<Barrier>::from_offset(self.base + OFF_BARRIER))?)
+        Ok(self
+            .shoal
+            .get(ShmPtr::<Barrier>::from_offset(self.base + OFF_BARRIER))?)
     }
 
     /// This member's rank, 0-based.
@@ -161,7 +163,10 @@ impl Team {
     /// Minimum of every member's value.
     pub fn min_f64(&self, value: f64) -> Result<f64, SyncError> {
         let all = self.gather(value.to_bits())?;
-        Ok(all.into_iter().map(f64::from_bits).fold(f64::INFINITY, f64::min))
+        Ok(all
+            .into_iter()
+            .map(f64::from_bits)
+            .fold(f64::INFINITY, f64::min))
     }
 
     /// Maximum of every member's value.
@@ -230,7 +235,10 @@ mod tests {
 
     #[test]
     fn partition_shares_differ_by_at_most_one() {
-        let lens: Vec<u64> = (0..4).map(|r| partition(10, r, 4)).map(|r| r.end - r.start).collect();
+        let lens: Vec<u64> = (0..4)
+            .map(|r| partition(10, r, 4))
+            .map(|r| r.end - r.start)
+            .collect();
         assert_eq!(lens, vec![3, 3, 2, 2]);
     }
 

@@ -44,7 +44,10 @@ fn mutex_counter_is_exact_across_peers_and_threads() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(shoals[1].get(counter).unwrap().load(Ordering::Relaxed), 30_000);
+    assert_eq!(
+        shoals[1].get(counter).unwrap().load(Ordering::Relaxed),
+        30_000
+    );
 }
 
 #[test]
@@ -103,7 +106,9 @@ fn futex_wait_times_out_when_nobody_wakes() {
     let w = s[0].alloc_array::<std::sync::atomic::AtomicU32>(1).unwrap();
     let word = s[0].get(w).unwrap();
     let start = Instant::now();
-    let got = s[0].futex_wait(word, 0, Some(Duration::from_millis(40))).unwrap();
+    let got = s[0]
+        .futex_wait(word, 0, Some(Duration::from_millis(40)))
+        .unwrap();
     assert_eq!(got, WaitOutcome::TimedOut);
     assert!(start.elapsed() >= Duration::from_millis(40));
     assert_eq!(s[0].futex_wait(word, 7, None).unwrap(), WaitOutcome::Woken);
@@ -120,7 +125,9 @@ fn futex_wake_wakes_exactly_n() {
             let woke = Arc::clone(&woke);
             std::thread::spawn(move || {
                 let word = s.get(w).unwrap();
-                if s.futex_wait(word, 0, Some(Duration::from_secs(2))).unwrap() == WaitOutcome::Woken {
+                if s.futex_wait(word, 0, Some(Duration::from_secs(2))).unwrap()
+                    == WaitOutcome::Woken
+                {
                     woke.fetch_add(1, Ordering::SeqCst);
                 }
             })
@@ -179,7 +186,10 @@ fn barrier_party_count_mismatch_is_an_error() {
     assert!(matches!(b.wait(&s[0]), Err(SyncError::Parties { .. })));
     b.init(3).unwrap();
     b.init(3).unwrap();
-    assert!(matches!(b.init(2), Err(SyncError::Parties { got: 2, have: 3 })));
+    assert!(matches!(
+        b.init(2),
+        Err(SyncError::Parties { got: 2, have: 3 })
+    ));
 }
 
 #[test]
@@ -201,7 +211,9 @@ fn condvar_producer_consumer_loses_nothing() {
                 let mut taken = 0;
                 loop {
                     let mut g = m.lock(&s).unwrap();
-                    while queued.load(Ordering::Relaxed) == 0 && total.load(Ordering::Relaxed) < ITEMS {
+                    while queued.load(Ordering::Relaxed) == 0
+                        && total.load(Ordering::Relaxed) < ITEMS
+                    {
                         cv.wait(&s, &mut g).unwrap();
                     }
                     if queued.load(Ordering::Relaxed) == 0 {
@@ -218,7 +230,11 @@ fn condvar_producer_consumer_loses_nothing() {
         })
         .collect();
     let p = s[1].clone();
-    let (mm, cvv, q) = (p.get(m).unwrap(), p.get(cv).unwrap(), p.get(queued).unwrap());
+    let (mm, cvv, q) = (
+        p.get(m).unwrap(),
+        p.get(cv).unwrap(),
+        p.get(queued).unwrap(),
+    );
     for _ in 0..ITEMS {
         let g = mm.lock(&p).unwrap();
         q.fetch_add(1, Ordering::Relaxed);
@@ -255,5 +271,8 @@ fn team_ranks_reductions_and_broadcast() {
     }
     ranks.sort();
     assert_eq!(ranks, vec![0, 1, 2]);
-    assert!(matches!(Team::join(&s[0], "t", 3), Err(SyncError::TeamFull)));
+    assert!(matches!(
+        Team::join(&s[0], "t", 3),
+        Err(SyncError::TeamFull)
+    ));
 }

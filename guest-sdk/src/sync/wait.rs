@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn neighbouring_words_spread_over_buckets() {
-        let used: std::collections::BTreeSet<u64> = (0..64).map(|i| bucket(0x10000 + 4 * i)).collect();
+        let used: std::collections::BTreeSet<u64> =
+            (0..64).map(|i| bucket(0x10000 + 4 * i)).collect();
         assert!(used.len() > 32, "only {} buckets used", used.len());
     }
 }

@@ -17,7 +17,7 @@ pub struct LocalRegion {
 impl LocalRegion {
     /// Creates a zeroed region of `size` bytes with a `max_peers` table.
     pub fn new(size: u64, max_peers: u32) -> Result<Arc<Self>, TransportError> {
-        if size % 4096 != 0 || size < 8192 || size > (1 << 32) {
+        if size % 4096 != 0 || !(8192..=(1 << 32)).contains(&size) {
             return Err(TransportError::Size(size));
         }
         let mut buf = vec![0u64; (size / 8) as usize].into_boxed_slice();

@@ -55,6 +55,10 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn base(&self) -> *mut u8;
     /// Region length in bytes.
     fn len(&self) -> usize;
+    /// Always false for a usable transport (regions are at least 8 KiB).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Our peer id.
     fn id(&self) -> u16;
     /// How this peer sleeps.

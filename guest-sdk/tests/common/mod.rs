@@ -80,7 +80,11 @@ impl Drop for TestServer {
 pub fn finish(child: Child) -> String {
     let out = child.wait_with_output().expect("wait child");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "child failed: {:?}\n{stdout}", out.status);
+    assert!(
+        out.status.success(),
+        "child failed: {:?}\n{stdout}",
+        out.status
+    );
     stdout
 }
 
