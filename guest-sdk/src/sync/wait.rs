@@ -110,6 +110,7 @@ pub(crate) fn wait(
     let _registration = Registration::new(cx, offset)?;
     let mut nap = Duration::from_micros(20);
     loop {
+        let token = cx.transport.sleep_token();
         if word.load(Ordering::SeqCst) != expected {
             return Ok(WaitOutcome::Woken);
         }
@@ -132,7 +133,7 @@ pub(crate) fn wait(
             SleepKind::Doorbell => {
                 // Any ring wakes us; spurious wakes are allowed (the caller
                 // re-checks its condition), so return after one.
-                let _ = cx.transport.sleep(left);
+                let _ = cx.transport.sleep(token, left);
                 return Ok(WaitOutcome::Woken);
             }
             SleepKind::Poll => {

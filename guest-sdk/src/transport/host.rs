@@ -84,7 +84,7 @@ impl Transport for Host {
         .map_err(|e| TransportError::Ring(target, e))
     }
 
-    fn sleep(&self, timeout: Option<Duration>) -> Result<(), TransportError> {
+    fn sleep(&self, _token: u32, timeout: Option<Duration>) -> Result<(), TransportError> {
         // Only used by callers that insist on doorbells; host waiters use
         // futexes. Waiting does not need the lock for long: take the fd out.
         let fd = self.with_peer(|peer| peer.vector_fd(0));

@@ -94,7 +94,7 @@ impl Transport for Local {
         Ok(())
     }
 
-    fn sleep(&self, timeout: Option<Duration>) -> Result<(), TransportError> {
+    fn sleep(&self, _token: u32, timeout: Option<Duration>) -> Result<(), TransportError> {
         std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)));
         Ok(())
     }

@@ -65,9 +65,15 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn sleep_kind(&self) -> SleepKind;
     /// Rings `peer`'s wake-up doorbell.
     fn ring(&self, peer: u16) -> Result<(), TransportError>;
-    /// Sleeps until our doorbell rings or `timeout` passes (for
-    /// [`SleepKind::Doorbell`]; others just nap).
-    fn sleep(&self, timeout: Option<Duration>) -> Result<(), TransportError>;
+    /// A token to take *before* re-checking the condition one is about to
+    /// sleep on; [`Transport::sleep`] returns at once if a doorbell arrived
+    /// since the token was taken, so no ring is lost in between.
+    fn sleep_token(&self) -> u32 {
+        0
+    }
+    /// Sleeps until our doorbell rings (after `token` was taken) or
+    /// `timeout` passes (for [`SleepKind::Doorbell`]; others just nap).
+    fn sleep(&self, token: u32, timeout: Option<Duration>) -> Result<(), TransportError>;
     /// A short name for logs.
     fn name(&self) -> &'static str;
 }

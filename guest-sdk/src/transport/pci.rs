@@ -1,37 +1,267 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Inside a Linux guest: the ivshmem PCI device (1af4:1110) through sysfs.
-//! (Filled in after the host-peer transport; see the crate README.)
+//!
+//! - BAR2 (`resource2`) is the region, mapped `MAP_SHARED`;
+//! - BAR0 (`resource0`) holds the registers: IntrMask 0x0, IntrStatus 0x4,
+//!   IVPosition 0x8 (our peer id), Doorbell 0xC (write `peer << 16 | vector`);
+//! - interrupts reach userspace through a character device whose `read`
+//!   blocks until the next interrupt: `$SHOAL_IRQ_DEV` if set (our guest
+//!   driver's node), else the device's uio node (`uio_pci_generic`, INTx,
+//!   Shoal's own device); each read is answered by writing 1 back, which
+//!   re-enables INTx for uio.
+//!
+//! One thread per process blocks on that device and bumps a process-local
+//! epoch word that waiting threads sleep on (a private futex), so every
+//! doorbell wakes every local sleeper and no ring is lost between a
+//! waiter's last check and its sleep. Without an interrupt source the SDK
+//! falls back to spinning with backoff ([`SleepKind::Poll`]) and logs so.
 
 use super::{SleepKind, Transport, TransportError};
+use crate::sync::futex;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// PCI vendor id of ivshmem (Red Hat / virtio).
+pub const VENDOR: u16 = 0x1af4;
+/// PCI device id of ivshmem.
+pub const DEVICE: u16 = 0x1110;
+/// Environment variable selecting a device by address (`0000:00:04.0`).
+pub const PCI_ENV: &str = "SHOAL_PCI";
+/// Environment variable naming the interrupt device (our guest driver).
+pub const IRQ_ENV: &str = "SHOAL_IRQ_DEV";
+
+const REG_INTR_MASK: usize = 0x0;
+const REG_IV_POSITION: usize = 0x8;
+const REG_DOORBELL: usize = 0xc;
+const REGS_LEN: usize = 0x10;
+
+/// A `MAP_SHARED` mapping of a sysfs resource file.
+#[derive(Debug)]
+struct FileMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl FileMap {
+    fn open(path: &Path, min_len: usize) -> Result<Self, TransportError> {
+        let io_err = |what: &'static str| move |e: io::Error| TransportError::Io(what, e);
+        let cpath = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| TransportError::Io("bad path", io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: cpath is NUL-terminated; open returns a new fd or -1.
+        let raw = unsafe {
+            libc::open(
+                cpath.as_ptr(),
+                libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io_err("cannot open PCI resource")(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: raw is a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = fs::metadata(path)
+            .map_err(io_err("cannot stat PCI resource"))?
+            .len() as usize;
+        if len < min_len {
+            return Err(TransportError::Size(len as u64));
+        }
+        // SAFETY: maps len bytes of the file at a kernel-chosen address; the
+        // result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io_err("cannot map PCI resource")(io::Error::last_os_error()));
+        }
+        Ok(Self {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+
+    fn read32(&self, off: usize) -> u32 {
+        if off + 4 > self.len {
+            return u32::MAX;
+        }
+        // SAFETY: in bounds (checked), 4-aligned register offsets of a page
+        // aligned mapping; volatile because it is device memory.
+        unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u32) }
+    }
+
+    fn write32(&self, off: usize, v: u32) {
+        if off + 4 <= self.len {
+            // SAFETY: as in read32.
+            unsafe { std::ptr::write_volatile(self.ptr.add(off) as *mut u32, v) }
+        }
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len describe a mapping made in FileMap::open.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Addresses of ivshmem devices under `sysfs` (normally `/sys`).
+pub fn find_devices(sysfs: &Path) -> Vec<PathBuf> {
+    let hex = |p: PathBuf| {
+        fs::read_to_string(p)
+            .ok()
+            .and_then(|s| u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+    };
+    let Ok(dir) = fs::read_dir(sysfs.join("bus/pci/devices")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| hex(p.join("vendor")) == Some(VENDOR) && hex(p.join("device")) == Some(DEVICE))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The interrupt character device for `dev`, if any.
+fn irq_device(dev: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(IRQ_ENV) {
+        return Some(PathBuf::from(path));
+    }
+    let uio = fs::read_dir(dev.join("uio")).ok()?.flatten().next()?;
+    Some(Path::new("/dev").join(uio.file_name()))
+}
+
+#[derive(Debug)]
+struct Epoch(AtomicU32);
+
+fn spawn_dispatcher(path: &Path, epoch: Arc<Epoch>) -> Result<(), TransportError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| TransportError::Io("cannot open the interrupt device", e))?;
+    std::thread::Builder::new()
+        .name("shoal-irq".into())
+        .spawn(move || {
+            let fd = file.as_raw_fd();
+            loop {
+                let mut buf = [0u8; 8];
+                // SAFETY: reads into a valid 8-byte buffer from an fd the
+                // closure owns (through `file`).
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, 8) };
+                if n < 0 {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    log::error!("shoal: interrupt device failed; waiters fall back to timeouts");
+                    return;
+                }
+                epoch.0.fetch_add(1, Ordering::AcqRel);
+                futex::wake(&epoch.0, u32::MAX);
+                let one = 1u32.to_ne_bytes();
+                // SAFETY: writes 4 bytes from a valid buffer (uio: re-enable).
+                unsafe { libc::write(fd, one.as_ptr() as *const libc::c_void, 4) };
+            }
+        })
+        .map_err(|e| TransportError::Io("cannot start the interrupt thread", e))?;
+    Ok(())
+}
 
 /// The PCI transport.
 #[derive(Debug)]
 pub struct Pci {
-    base: *mut u8,
-    len: usize,
+    region: FileMap,
+    regs: FileMap,
     id: u16,
+    kind: SleepKind,
+    epoch: Arc<Epoch>,
 }
 
-// SAFETY: the mapping is plain shared memory accessed through atomics.
+// SAFETY: the mappings are device/shared memory accessed only through
+// volatile register accesses and atomics.
 unsafe impl Send for Pci {}
 // SAFETY: as above.
 unsafe impl Sync for Pci {}
 
 impl Pci {
-    /// Opens the first ivshmem device found in sysfs.
+    /// Opens the device named by `$SHOAL_PCI`, else the first one found.
     pub fn open_first() -> Result<Self, TransportError> {
-        Err(TransportError::NoDevice)
+        Self::open_at(Path::new("/sys"), std::env::var(PCI_ENV).ok().as_deref())
+    }
+
+    /// Opens a device under a sysfs root (tests use a fake one).
+    pub fn open_at(sysfs: &Path, address: Option<&str>) -> Result<Self, TransportError> {
+        let dev = match address {
+            Some(a) => sysfs.join("bus/pci/devices").join(a),
+            None => find_devices(sysfs)
+                .into_iter()
+                .next()
+                .ok_or(TransportError::NoDevice)?,
+        };
+        // Memory decoding may be off (QEMU microvm); turning it on is harmless.
+        if fs::read_to_string(dev.join("enable")).is_ok_and(|s| s.trim() == "0") {
+            let _ = fs::write(dev.join("enable"), "1");
+        }
+        let regs = FileMap::open(&dev.join("resource0"), REGS_LEN)?;
+        let region = FileMap::open(&dev.join("resource2"), 8192)?;
+        if region.len % 8 != 0 {
+            return Err(TransportError::Size(region.len as u64));
+        }
+        let position = regs.read32(REG_IV_POSITION);
+        let id = u16::try_from(position).map_err(|_| TransportError::NoDevice)?;
+        let epoch = Arc::new(Epoch(AtomicU32::new(0)));
+        let kind = match irq_device(&dev) {
+            Some(path) => match spawn_dispatcher(&path, Arc::clone(&epoch)) {
+                Ok(()) => {
+                    regs.write32(REG_INTR_MASK, u32::MAX);
+                    SleepKind::Doorbell
+                }
+                Err(e) => {
+                    log::warn!("shoal: {e}: no interrupts, spinning with backoff");
+                    SleepKind::Poll
+                }
+            },
+            None => {
+                log::warn!(
+                    "shoal: no interrupt driver for {}: spinning with backoff",
+                    dev.display()
+                );
+                SleepKind::Poll
+            }
+        };
+        Ok(Self {
+            region,
+            regs,
+            id,
+            kind,
+            epoch,
+        })
     }
 }
 
 impl Transport for Pci {
     fn base(&self) -> *mut u8 {
-        self.base
+        self.region.ptr
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.region.len
     }
 
     fn id(&self) -> u16 {
@@ -39,19 +269,106 @@ impl Transport for Pci {
     }
 
     fn sleep_kind(&self) -> SleepKind {
-        SleepKind::Poll
+        self.kind
     }
 
-    fn ring(&self, _peer: u16) -> Result<(), TransportError> {
+    fn ring(&self, peer: u16) -> Result<(), TransportError> {
+        self.regs.write32(REG_DOORBELL, u32::from(peer) << 16);
         Ok(())
     }
 
-    fn sleep(&self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)));
+    fn sleep_token(&self) -> u32 {
+        self.epoch.0.load(Ordering::Acquire)
+    }
+
+    fn sleep(&self, token: u32, timeout: Option<Duration>) -> Result<(), TransportError> {
+        match self.kind {
+            SleepKind::Doorbell => {
+                futex::wait(&self.epoch.0, token, timeout)
+                    .map_err(|e| TransportError::Io("futex", e))?;
+            }
+            _ => std::thread::sleep(
+                timeout
+                    .unwrap_or(Duration::from_millis(1))
+                    .min(Duration::from_millis(1)),
+            ),
+        }
         Ok(())
     }
 
     fn name(&self) -> &'static str {
         "pci"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handle::Shoal;
+    use shmem_group::layout::{LayoutParams, PeerState, Region};
+
+    /// A fake sysfs with one ivshmem device whose BARs are plain files.
+    fn fake_sysfs(tag: &str, id: u32) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("shoal-pci-{}-{tag}", std::process::id()));
+        let dev = root.join("bus/pci/devices/0000:00:04.0");
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("vendor"), "0x1af4\n").unwrap();
+        fs::write(dev.join("device"), "0x1110\n").unwrap();
+        fs::write(dev.join("enable"), "1\n").unwrap();
+        let mut regs = vec![0u8; 4096];
+        regs[8..12].copy_from_slice(&id.to_le_bytes());
+        fs::write(dev.join("resource0"), regs).unwrap();
+        fs::write(dev.join("resource2"), vec![0u8; 1 << 20]).unwrap();
+        let other = root.join("bus/pci/devices/0000:00:03.0");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("vendor"), "0x8086\n").unwrap();
+        fs::write(other.join("device"), "0x1110\n").unwrap();
+        // The server's header, as a group server would have written it.
+        let map = FileMap::open(&dev.join("resource2"), 8192).unwrap();
+        let params = LayoutParams {
+            region_size: 1 << 20,
+            max_peers: 8,
+            vectors: 1,
+            name: "pci".into(),
+        };
+        // SAFETY: the mapping is 1 MiB, page aligned and alive here.
+        let region = unsafe { Region::init(map.ptr, map.len, &params) }.unwrap();
+        region.set_peer(id as u16, PeerState::Alive, 0, true);
+        root
+    }
+
+    #[test]
+    fn finds_only_ivshmem_devices() {
+        let root = fake_sysfs("find", 1);
+        let found = find_devices(&root);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].ends_with("0000:00:04.0"));
+        assert!(find_devices(Path::new("/nonexistent")).is_empty());
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn opens_region_reads_id_and_rings_through_bar0() {
+        let root = fake_sysfs("open", 3);
+        let pci = Pci::open_at(&root, None).unwrap();
+        assert_eq!(pci.id(), 3);
+        assert_eq!(pci.sleep_kind(), SleepKind::Poll, "no driver: polling");
+        pci.ring(5).unwrap();
+        assert_eq!(pci.regs.read32(REG_DOORBELL), 5 << 16);
+        let shoal = Shoal::open_transport(Box::new(pci)).unwrap();
+        let p = shoal.alloc(100).unwrap();
+        assert!(shoal.check_heap(&[p.offset()]).unwrap().is_consistent());
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn missing_device_is_reported() {
+        let root = std::env::temp_dir().join(format!("shoal-pci-{}-none", std::process::id()));
+        fs::create_dir_all(root.join("bus/pci/devices")).unwrap();
+        assert!(matches!(
+            Pci::open_at(&root, None),
+            Err(TransportError::NoDevice)
+        ));
+        let _ = fs::remove_dir_all(root);
     }
 }
