@@ -31,6 +31,12 @@ pub struct RunArgs {
     /// Exit when the guest resets instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
+    /// Join a shared-memory group: socket=PATH[,vectors=N] (repeatable).
+    #[arg(long = "shmem-group", value_name = "OPTIONS")]
+    shmem_group: Vec<String>,
+    /// A plain shared region without a server: path=FILE,size=SIZE (repeatable).
+    #[arg(long = "shmem", value_name = "OPTIONS")]
+    shmem: Vec<String>,
 }
 
 fn config(args: RunArgs) -> Result<VmConfig, config::ConfigError> {
@@ -42,6 +48,16 @@ fn config(args: RunArgs) -> Result<VmConfig, config::ConfigError> {
         cmdline: args.cmdline,
         cpus: args.cpus,
         reboot: !args.no_reboot,
+        groups: args
+            .shmem_group
+            .iter()
+            .map(|g| g.parse())
+            .collect::<Result<_, _>>()?,
+        plain_shmem: args
+            .shmem
+            .iter()
+            .map(|g| g.parse())
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -31,6 +31,87 @@ pub enum ConfigError {
     CpusAboveApicLimit(u32),
     #[error("bad --serial {0:?}: use stdout, off or file=PATH")]
     BadSerial(String),
+    #[error("bad --shmem-group {0:?}: use socket=PATH[,vectors=N]")]
+    BadGroup(String),
+    #[error("bad --shmem {0:?}: use path=FILE,size=SIZE (a power of two of at least 4K)")]
+    BadPlainShmem(String),
+}
+
+/// `--shmem-group socket=PATH[,vectors=N]`: join a group server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// The group server's socket.
+    pub socket: PathBuf,
+    /// Doorbell vectors of the device (default: as many as the server has).
+    pub vectors: Option<u16>,
+}
+
+/// `--shmem path=FILE,size=SIZE`: an ivshmem-plain region, no server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlainShmemConfig {
+    /// Backing file (created if missing; grown to `size` if shorter).
+    pub path: PathBuf,
+    /// Region size.
+    pub size: u64,
+}
+
+/// Splits `k=v,k=v` into pairs; `None` on an item without `=` or a repeat.
+fn key_values(s: &str) -> Option<Vec<(&str, &str)>> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for item in s.split(',') {
+        let (k, v) = item.split_once('=')?;
+        if v.is_empty() || out.iter().any(|(seen, _)| *seen == k) {
+            return None;
+        }
+        out.push((k, v));
+    }
+    Some(out)
+}
+
+impl std::str::FromStr for GroupConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadGroup(s.to_string());
+        let mut socket = None;
+        let mut vectors = None;
+        for (k, v) in key_values(s).ok_or_else(bad)? {
+            match k {
+                "socket" => socket = Some(PathBuf::from(v)),
+                "vectors" => vectors = Some(v.parse::<u16>().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(GroupConfig {
+            socket: socket.ok_or_else(bad)?,
+            vectors,
+        })
+    }
+}
+
+impl std::str::FromStr for PlainShmemConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadPlainShmem(s.to_string());
+        let mut path = None;
+        let mut size = None;
+        for (k, v) in key_values(s).ok_or_else(bad)? {
+            match k {
+                "path" => path = Some(PathBuf::from(v)),
+                "size" => size = Some(parse_size(v).map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        let size = size.ok_or_else(bad)?;
+        if !size.is_power_of_two() || size < 4096 {
+            return Err(bad());
+        }
+        Ok(PlainShmemConfig {
+            path: path.ok_or_else(bad)?,
+            size,
+        })
+    }
 }
 
 /// Where the guest's COM1 output goes.
@@ -67,6 +148,10 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Reboot when the guest resets (otherwise exit).
     pub reboot: bool,
+    /// Shared-memory groups the VM joins (one device each).
+    pub groups: Vec<GroupConfig>,
+    /// Plain shared-memory regions (one device each).
+    pub plain_shmem: Vec<PlainShmemConfig>,
 }
 
 /// Parses a size such as `128M`, `4G` or `65536` into bytes (one parser for
@@ -142,6 +227,55 @@ mod tests {
             Err(ConfigError::CpusAboveApicLimit(300))
         );
         assert_eq!(check_cpus(2, 8), Ok(()));
+    }
+
+    #[test]
+    fn group_options_parse() {
+        assert_eq!(
+            "socket=/run/g.sock,vectors=4".parse(),
+            Ok(GroupConfig {
+                socket: PathBuf::from("/run/g.sock"),
+                vectors: Some(4)
+            })
+        );
+        assert_eq!(
+            "socket=/g".parse::<GroupConfig>().map(|g| g.vectors),
+            Ok(None)
+        );
+        for bad in [
+            "",
+            "vectors=2",
+            "socket=/g,vectors=x",
+            "socket=/g,socket=/h",
+            "socket=/g,x=1",
+            "/g",
+        ] {
+            assert_eq!(
+                bad.parse::<GroupConfig>(),
+                Err(ConfigError::BadGroup(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_shmem_options_parse() {
+        assert_eq!(
+            "path=/dev/shm/x,size=4M".parse(),
+            Ok(PlainShmemConfig {
+                path: PathBuf::from("/dev/shm/x"),
+                size: 4 << 20
+            })
+        );
+        for bad in [
+            "path=/x",
+            "size=4M",
+            "path=/x,size=3M",
+            "path=/x,size=1K",
+            "path=/x,size=big",
+        ] {
+            assert!(bad.parse::<PlainShmemConfig>().is_err(), "{bad}");
+        }
     }
 
     #[test]

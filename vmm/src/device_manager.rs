@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use devices::acpi::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use devices::pci::config_mmio::{ECAM_BASE, ECAM_SIZE};
-use devices::pci::{BarAllocator, BarMapper, PciBus, PciConfigIo, PciConfigMmio};
+use devices::pci::{
+    BarAllocator, BarMapper, BarRelocator, BarReprogram, PciBdf, PciBus, PciConfigIo, PciConfigMmio,
+};
 use devices::serial::{Serial, SerialOut, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 use devices::{Bus, BusError, VmControl};
 use hypervisor::Vm;
@@ -82,6 +84,36 @@ fn serial_out(output: &SerialOutput) -> Result<SerialOut, DeviceError> {
     })
 }
 
+/// Passes BAR moves on to the device that owns the BAR (e.g. to move the
+/// memory slot of a shared region).
+#[derive(Default)]
+struct Relocators(Mutex<Vec<(PciBdf, Arc<dyn BarRelocator>)>>);
+
+impl std::fmt::Debug for Relocators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relocators")
+    }
+}
+
+impl BarRelocator for Relocators {
+    fn relocate(&self, r: &BarReprogram) {
+        let targets: Vec<_> = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(bdf, _)| *bdf == r.bdf)
+            .map(|(_, t)| t.clone())
+            .collect();
+        for t in targets {
+            t.relocate(r);
+        }
+    }
+}
+
+/// First KVM memory slot for device memory (RAM takes the ones below).
+const FIRST_DEVICE_SLOT: u32 = 16;
+
 /// All devices of one VM and the buses that reach them.
 #[derive(Debug)]
 pub struct DeviceManager {
@@ -90,6 +122,8 @@ pub struct DeviceManager {
     pci: Arc<Mutex<PciBus>>,
     bar_mapper: Arc<BarMapper>,
     bar_allocator: Mutex<BarAllocator>,
+    relocators: Arc<Relocators>,
+    next_slot: std::sync::atomic::AtomicU32,
     /// Eventfds wired to KVM irqfds; kept open for the VM's lifetime.
     _irqfds: Vec<Arc<EventFd>>,
 }
@@ -126,7 +160,13 @@ impl DeviceManager {
         .map_err(DeviceError::Bus)?;
 
         let pci = Arc::new(Mutex::new(PciBus::new()));
-        let bar_mapper = Arc::new(BarMapper::new(pci.clone(), pio.clone(), mmio.clone(), None));
+        let relocators = Arc::new(Relocators::default());
+        let bar_mapper = Arc::new(BarMapper::new(
+            pci.clone(),
+            pio.clone(),
+            mmio.clone(),
+            Some(relocators.clone()),
+        ));
         pio.insert(
             Arc::new(Mutex::new(PciConfigIo::new(
                 pci.clone(),
@@ -154,6 +194,8 @@ impl DeviceManager {
             pci,
             bar_mapper,
             bar_allocator: Mutex::new(bar_allocator),
+            relocators,
+            next_slot: std::sync::atomic::AtomicU32::new(FIRST_DEVICE_SLOT),
             _irqfds: vec![com1_irq],
         })
     }
@@ -167,6 +209,21 @@ impl DeviceManager {
     /// The PCI root bus.
     pub fn pci(&self) -> &Arc<Mutex<PciBus>> {
         &self.pci
+    }
+
+    /// A KVM memory slot number for device memory.
+    pub fn allocate_slot(&self) -> u32 {
+        self.next_slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tells `relocator` about every move of a BAR of `bdf`.
+    pub fn add_relocator(&self, bdf: PciBdf, relocator: Arc<dyn BarRelocator>) {
+        self.relocators
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((bdf, relocator));
     }
 
     /// The BAR allocator over the PCI windows.

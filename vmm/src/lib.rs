@@ -10,8 +10,10 @@
 pub mod api;
 pub mod config;
 pub mod device_manager;
+pub mod interrupts;
 pub mod memory;
 pub mod migration;
+pub mod shmem;
 mod signals;
 pub mod snapshot;
 pub mod vcpu;

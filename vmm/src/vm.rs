@@ -9,7 +9,9 @@ use hypervisor::{Hypervisor, Vcpu, Vm};
 
 use crate::config::{self, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::interrupts::IrqRouting;
 use crate::memory::{GuestRam, MemoryError};
+use crate::shmem::{self, ShmemDevice};
 use crate::vcpu::{stop_all, RunState, VcpuThread};
 use crate::{signals, ExitReason, VmEvent};
 
@@ -43,6 +45,8 @@ pub enum Error {
     Vcpu(u32, #[source] hypervisor::Error),
     #[error("devices")]
     Devices(#[from] DeviceError),
+    #[error("shared memory")]
+    Shmem(#[from] shmem::ShmemError),
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
     #[error("the guest failed: {0}")]
@@ -54,6 +58,7 @@ struct RunningVm {
     // Order matters on drop: threads stop before devices and memory go.
     threads: Vec<VcpuThread>,
     run: Arc<RunState>,
+    _shared: Vec<ShmemDevice>,
     _devices: Arc<DeviceManager>,
     _ram: GuestRam,
     _vm: Arc<dyn Vm>,
@@ -195,7 +200,7 @@ fn boot(
 
     // KVM takes milliseconds to add a large memory slot; load the guest and
     // set up the vCPUs meanwhile (neither needs the slot).
-    let (devices, vcpus) = std::thread::scope(|s| {
+    let (devices, shared, vcpus) = std::thread::scope(|s| {
         let slots = s.spawn(|| ram.register(vm.as_ref()));
         let prepared = (|| {
             let mem = ram.memory();
@@ -208,11 +213,24 @@ fn boot(
                 events.clone(),
                 (mmio64_base.0, mmio64_size),
             )?);
+            let routing = Arc::new(IrqRouting::new(vm.clone()));
+            let platform = shmem::Platform {
+                vm: &vm,
+                devices: &devices,
+                routing: &routing,
+            };
+            let mut shared = Vec::new();
+            for g in &config.groups {
+                shared.push(shmem::attach_group(&platform, g)?);
+            }
+            for f in &config.plain_shmem {
+                shared.push(shmem::attach_plain(&platform, f)?);
+            }
             devices.map_bars()?;
             clock.lap("devices");
             let vcpus = create_vcpus(hyp, vm.as_ref(), config, mem, &kernel)?;
             clock.lap("vCPUs");
-            Ok::<_, Error>((devices, vcpus))
+            Ok::<_, Error>((devices, shared, vcpus))
         })();
         let registered = slots.join().unwrap_or(Err(MemoryError::RegisterPanicked));
         clock.lap("waiting for the memory slots");
@@ -224,6 +242,7 @@ fn boot(
     let mut running = RunningVm {
         threads: Vec::with_capacity(vcpus.len()),
         run: run.clone(),
+        _shared: shared,
         _devices: devices.clone(),
         _ram: ram,
         _vm: vm,

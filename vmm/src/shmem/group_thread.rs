@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: Apache-2.0
+//! One thread per group membership: applies peer joins and departures to
+//! the doorbell ioeventfds, delivers doorbells through INTx while the guest
+//! has MSI-X off, and reconnects (keeping the peer id) when the server goes
+//! away. It sleeps in `poll` otherwise; a doorbell in MSI-X mode never
+//! wakes it.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::ivshmem::Ivshmem;
+use shmem_group::{Membership, Peer};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::doorbells::Doorbells;
+
+/// How often to try a gone server again.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A running group thread.
+#[derive(Debug)]
+pub struct GroupThread {
+    stop: Arc<EventFd>,
+    handle: JoinHandle<()>,
+}
+
+impl GroupThread {
+    /// Starts the thread; it owns the membership from now on.
+    pub fn spawn(
+        peer: Peer,
+        dev: Arc<Mutex<Ivshmem>>,
+        doorbells: Arc<Mutex<Doorbells>>,
+        changed: Arc<EventFd>,
+        vectors: u16,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let state = State {
+            peer,
+            dev,
+            doorbells,
+            changed,
+            stop: stop.clone(),
+            vectors,
+            last_attempt: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("shmem-group".into())
+            .spawn(move || state.run())?;
+        Ok(GroupThread { stop, handle })
+    }
+
+    /// Stops the thread and leaves the group.
+    pub fn stop(self) {
+        let _ = self.stop.write(1);
+        let _ = self.handle.join();
+    }
+}
+
+struct State {
+    peer: Peer,
+    dev: Arc<Mutex<Ivshmem>>,
+    doorbells: Arc<Mutex<Doorbells>>,
+    changed: Arc<EventFd>,
+    stop: Arc<EventFd>,
+    vectors: u16,
+    last_attempt: Option<Instant>,
+}
+
+fn readable(p: &libc::pollfd) -> bool {
+    p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Reads and clears an eventfd; the count, 0 if none.
+fn drain(fd: RawFd) -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads 8 bytes into a valid buffer from an eventfd the caller holds.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8) };
+    if n == 8 {
+        u64::from_ne_bytes(buf)
+    } else {
+        0
+    }
+}
+
+impl State {
+    fn doorbells(&self) -> std::sync::MutexGuard<'_, Doorbells> {
+        self.doorbells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn peer_fds(&self, peer: u16) -> Vec<RawFd> {
+        (0..u32::from(self.vectors))
+            .filter_map(|v| self.peer.peer_vector_fd(peer, v))
+            .collect()
+    }
+
+    fn add_peer(&self, id: u16) {
+        let fds = self.peer_fds(id);
+        if let Err(e) = self.doorbells().add_peer(id, &fds) {
+            log::warn!("shmem: cannot add doorbells of peer {id}: {e}");
+        }
+    }
+
+    /// Makes the doorbells match the client's view after a reconnect.
+    fn resync(&self) {
+        let now = self.peer.peers();
+        let own = self.peer.id();
+        let known = self.doorbells().peers();
+        for gone in known.iter().filter(|p| **p != own && !now.contains(p)) {
+            self.doorbells().remove_peer(*gone);
+        }
+        for new in now.iter().filter(|p| !known.contains(p)) {
+            self.add_peer(*new);
+        }
+    }
+
+    fn membership(&mut self) {
+        let events = match self.peer.poll_events() {
+            Ok(events) => events,
+            Err(e) => {
+                log::warn!("shmem: group server stream: {e}");
+                return;
+            }
+        };
+        for event in events {
+            match event {
+                Membership::Joined(id) => {
+                    log::info!("shmem: peer {id} joined");
+                    self.add_peer(id);
+                }
+                Membership::Left(id) => {
+                    log::info!("shmem: peer {id} left");
+                    self.doorbells().remove_peer(id);
+                }
+                Membership::ServerGone => {
+                    log::warn!(
+                        "shmem: group server gone; the region and doorbells keep working, reconnecting"
+                    );
+                }
+                Membership::Event(_) => {}
+            }
+        }
+    }
+
+    fn try_reconnect(&mut self) {
+        if self
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL)
+        {
+            return;
+        }
+        self.last_attempt = Some(Instant::now());
+        match self.peer.reconnect() {
+            Ok(()) => {
+                log::info!(
+                    "shmem: reconnected to the group server as peer {}",
+                    self.peer.id()
+                );
+                self.resync();
+            }
+            Err(e) => log::debug!("shmem: reconnect failed: {e}"),
+        }
+    }
+
+    /// Own eventfds to watch: only while the guest has MSI-X off (INTx), so
+    /// that MSI-X doorbells never wake this thread.
+    fn intx_fds(&self) -> Vec<(u16, RawFd)> {
+        let msix = self
+            .dev
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .msix_enabled();
+        if msix {
+            return Vec::new();
+        }
+        (0..self.vectors)
+            .filter_map(|v| self.peer.vector_fd(u32::from(v)).map(|fd| (v, fd)))
+            .collect()
+    }
+
+    fn run(mut self) {
+        loop {
+            let intx = self.intx_fds();
+            let mut fds = vec![
+                libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.changed.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let socket = self.peer.socket_fd();
+            if let Some(fd) = socket {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let first_intx = fds.len();
+            fds.extend(intx.iter().map(|&(_, fd)| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }));
+            let timeout = if socket.is_some() {
+                -1
+            } else {
+                RECONNECT_INTERVAL.as_millis() as i32
+            };
+            // SAFETY: `fds` is a valid array of pollfd of the given length.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if rc < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("shmem: group thread poll failed; doorbell membership is frozen");
+                return;
+            }
+            if readable(&fds[0]) {
+                return;
+            }
+            if readable(&fds[1]) {
+                drain(self.changed.as_raw_fd());
+            }
+            if socket.is_some() && readable(&fds[2]) {
+                self.membership();
+            }
+            for (i, &(vector, fd)) in intx.iter().enumerate() {
+                if readable(&fds[first_intx + i]) && drain(fd) > 0 {
+                    let mut dev = self.dev.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Err(e) = dev.interrupt(vector) {
+                        log::warn!("shmem: INTx delivery failed: {e}");
+                    }
+                }
+            }
+            if self.peer.socket_fd().is_none() {
+                self.try_reconnect();
+            }
+        }
+    }
+}

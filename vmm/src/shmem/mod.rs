@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Shared-memory devices: the VM's side of a group (`--shmem-group`) or of a
+//! plain shared file (`--shmem`).
+//!
+//! Each is an ivshmem-compatible PCI function (`devices::ivshmem`) whose
+//! BAR2 is a KVM memory slot on the region's fd. In a group, doorbells stay
+//! in the kernel both ways ([`doorbells`], [`vectors`]); a thread per group
+//! ([`group_thread`]) follows membership changes, delivers doorbells through
+//! INTx while the guest has MSI-X off, and reconnects to a restarted server.
+
+mod doorbells;
+mod group_thread;
+mod vectors;
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use devices::ivshmem::{Ivshmem, IvshmemConfig, REGION_BAR, REGS_BAR};
+use devices::pci::{assign_bars, BarRelocator, BarReprogram, PciBdf};
+use devices::ratelimit::LogLimiter;
+use hypervisor::Vm;
+use shmem_group::memory::Mapping;
+use shmem_group::{Peer, PeerOptions};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{GroupConfig, PlainShmemConfig};
+use crate::device_manager::DeviceManager;
+use crate::interrupts::IrqRouting;
+use doorbells::{DoorbellPath, Doorbells};
+use group_thread::GroupThread;
+use vectors::{IrqLine, Vectors};
+
+/// Errors of shared-memory device set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmemError {
+    #[error("cannot join the group at {0}")]
+    Join(PathBuf, #[source] shmem_group::client::ClientError),
+    #[error("--shmem-group {0}: vectors={1} but the group server has only {2}")]
+    TooManyVectors(PathBuf, u16, u32),
+    #[error("cannot open the shared file {0}")]
+    File(PathBuf, #[source] std::io::Error),
+    #[error("the shared file {0} is {1} bytes, larger than size={2}")]
+    FileTooLarge(PathBuf, u64, u64),
+    #[error("cannot map the shared region {0}")]
+    Map(PathBuf, #[source] shmem_group::memory::MemoryError),
+    #[error("cannot build the shared-memory device")]
+    Device(#[source] devices::ivshmem::IvshmemError),
+    #[error("no room for the shared-memory device's BARs")]
+    Bars(#[source] devices::pci::AllocatorError),
+    #[error("cannot put the shared-memory device on the PCI bus")]
+    Pci(#[source] devices::pci::PciBusError),
+    #[error("cannot map the shared region into the guest")]
+    Slot(#[source] hypervisor::Error),
+    #[error("cannot route the doorbell interrupts")]
+    Routing(#[source] crate::interrupts::RoutingError),
+    #[error("eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot start the group thread")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot set up doorbells")]
+    Doorbells(#[source] std::io::Error),
+}
+
+/// Follows BAR moves of one device: BAR0 carries the doorbell ioeventfds,
+/// BAR2 is a memory slot.
+#[derive(Debug)]
+struct Relocator {
+    vm: Arc<dyn Vm>,
+    slot: u32,
+    host: u64,
+    doorbells: Arc<Mutex<Doorbells>>,
+    log: LogLimiter,
+}
+
+impl Relocator {
+    fn map_region(&self, addr: u64, size: u64) -> hypervisor::Result<()> {
+        // SAFETY: `host` is the device's own mapping of the region, which
+        // lives as long as the device (and so as long as the VM).
+        unsafe {
+            self.vm
+                .set_memory_region(self.slot, addr, size, self.host, false)
+        }
+    }
+}
+
+impl BarRelocator for Relocator {
+    fn relocate(&self, r: &BarReprogram) {
+        match r.bar {
+            REGS_BAR => self
+                .doorbells
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .move_bar0(r.new),
+            REGION_BAR => {
+                let _ = self.vm.remove_memory_region(self.slot, r.old);
+                if r.new != 0 {
+                    if let Err(e) = self.map_region(r.new, r.size) {
+                        // A guest can move a BAR anywhere, also over RAM: the
+                        // region is then unreachable until it moves again.
+                        if self.log.allow() {
+                            log::warn!("shmem: region left unmapped at {:#x}: {e}", r.new);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One shared-memory PCI function of a VM.
+#[derive(Debug)]
+pub struct ShmemDevice {
+    bdf: PciBdf,
+    description: String,
+    _mapping: Mapping,
+    vectors: Option<Arc<Vectors>>,
+    thread: Option<GroupThread>,
+}
+
+impl ShmemDevice {
+    /// Where the device sits on the PCI bus.
+    pub fn bdf(&self) -> PciBdf {
+        self.bdf
+    }
+
+    /// `group <socket>` or `file <path>`, for logs and the API.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+impl Drop for ShmemDevice {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            t.stop();
+        }
+        if let Some(v) = &self.vectors {
+            v.unwire_all();
+        }
+    }
+}
+
+/// What the device needs from the VM.
+#[derive(Debug)]
+pub struct Platform<'a> {
+    pub vm: &'a Arc<dyn Vm>,
+    pub devices: &'a DeviceManager,
+    pub routing: &'a Arc<IrqRouting>,
+}
+
+/// Builds the PCI function over `mapping`, places its BARs and maps the
+/// region into the guest.
+fn add_device(
+    p: &Platform<'_>,
+    cfg: IvshmemConfig,
+    mapping: &Mapping,
+    doorbells: Arc<Mutex<Doorbells>>,
+    vectors: Option<Arc<Vectors>>,
+) -> Result<(PciBdf, Arc<Mutex<Ivshmem>>), ShmemError> {
+    let line = Arc::new(IrqLine {
+        vm: p.vm.clone(),
+        gsi: AtomicU32::new(0),
+    });
+    let notifier: Arc<dyn devices::pci::MsixNotifier> = match &vectors {
+        Some(v) => v.clone(),
+        None => Arc::new(NoVectors),
+    };
+    let mut dev = Ivshmem::new(
+        cfg,
+        notifier,
+        line.clone(),
+        Arc::new(DoorbellPath(doorbells.clone())),
+    )
+    .map_err(ShmemError::Device)?;
+    let bars = {
+        let mut alloc = p
+            .devices
+            .bar_allocator()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        assign_bars(&mut dev, &mut alloc).map_err(ShmemError::Bars)?
+    };
+    let dev = Arc::new(Mutex::new(dev));
+    let bdf = p
+        .devices
+        .pci()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .add_device(dev.clone(), None)
+        .map_err(ShmemError::Pci)?;
+    // The bus wrote the slot's IOAPIC pin into the interrupt-line register.
+    let pin = devices::pci::intx_pin_for_slot(bdf.dev);
+    line.gsi
+        .store(u32::from(pin), std::sync::atomic::Ordering::Release);
+
+    let relocator = Arc::new(Relocator {
+        vm: p.vm.clone(),
+        slot: p.devices.allocate_slot(),
+        host: mapping.as_ptr() as u64,
+        doorbells: doorbells.clone(),
+        log: LogLimiter::new(),
+    });
+    for b in &bars {
+        match b.index {
+            REGION_BAR => relocator
+                .map_region(b.addr, b.size)
+                .map_err(ShmemError::Slot)?,
+            REGS_BAR => doorbells
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .move_bar0(b.addr),
+            _ => {}
+        }
+    }
+    p.devices.add_relocator(bdf, relocator);
+    Ok((bdf, dev))
+}
+
+/// MSI-X notifier of a device without vectors (plain mode): never called.
+#[derive(Debug)]
+struct NoVectors;
+
+impl devices::pci::MsixNotifier for NoVectors {
+    fn vector_changed(&self, _vector: u16, _msg: devices::MsiMessage, _masked: bool) {}
+    fn send(&self, _msg: devices::MsiMessage) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Joins the group of `cfg` and adds its device to the VM.
+pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, ShmemError> {
+    let peer = Peer::connect_with(&cfg.socket, PeerOptions::default())
+        .map_err(|e| ShmemError::Join(cfg.socket.clone(), e))?;
+    let server_vectors = peer.vectors();
+    let vectors = match cfg.vectors {
+        Some(n) if u32::from(n) > server_vectors => {
+            return Err(ShmemError::TooManyVectors(
+                cfg.socket.clone(),
+                n,
+                server_vectors,
+            ))
+        }
+        Some(n) => n,
+        None => u16::try_from(server_vectors).unwrap_or(u16::MAX),
+    };
+    let mapping = Mapping::new(peer.memfd()).map_err(|e| ShmemError::Map(cfg.socket.clone(), e))?;
+    let own: Vec<RawFd> = (0..u32::from(vectors))
+        .filter_map(|v| peer.vector_fd(v))
+        .collect();
+
+    let mut doorbells = Doorbells::new(p.vm.clone());
+    doorbells
+        .add_peer(peer.id(), &own)
+        .map_err(ShmemError::Doorbells)?;
+    for other in peer.peers() {
+        let fds: Vec<RawFd> = (0..u32::from(vectors))
+            .filter_map(|v| peer.peer_vector_fd(other, v))
+            .collect();
+        doorbells
+            .add_peer(other, &fds)
+            .map_err(ShmemError::Doorbells)?;
+    }
+    let doorbells = Arc::new(Mutex::new(doorbells));
+    let changed = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ShmemError::EventFd)?);
+    let vector_set = if vectors > 0 {
+        Some(Arc::new(
+            Vectors::new(p.vm.clone(), p.routing.clone(), &own, changed.clone())
+                .map_err(ShmemError::Routing)?,
+        ))
+    } else {
+        None
+    };
+    let device_cfg = IvshmemConfig {
+        region_size: mapping.len() as u64,
+        vectors,
+        peer_id: peer.id(),
+    };
+    let (bdf, dev) = add_device(
+        p,
+        device_cfg,
+        &mapping,
+        doorbells.clone(),
+        vector_set.clone(),
+    )?;
+    log::info!(
+        "shmem: joined group {} as peer {} ({} bytes, {vectors} vectors) at {bdf}",
+        cfg.socket.display(),
+        peer.id(),
+        mapping.len()
+    );
+    let thread =
+        GroupThread::spawn(peer, dev, doorbells, changed, vectors).map_err(ShmemError::Thread)?;
+    Ok(ShmemDevice {
+        bdf,
+        description: format!("group {}", cfg.socket.display()),
+        _mapping: mapping,
+        vectors: vector_set,
+        thread: Some(thread),
+    })
+}
+
+/// Maps the file of `cfg` and adds an ivshmem-plain device to the VM.
+pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDevice, ShmemError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&cfg.path)
+        .map_err(|e| ShmemError::File(cfg.path.clone(), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| ShmemError::File(cfg.path.clone(), e))?
+        .len();
+    if len > cfg.size {
+        return Err(ShmemError::FileTooLarge(cfg.path.clone(), len, cfg.size));
+    }
+    if len < cfg.size {
+        file.set_len(cfg.size)
+            .map_err(|e| ShmemError::File(cfg.path.clone(), e))?;
+    }
+    let mapping =
+        Mapping::new(&file.as_raw_fd()).map_err(|e| ShmemError::Map(cfg.path.clone(), e))?;
+    let doorbells = Arc::new(Mutex::new(Doorbells::new(p.vm.clone())));
+    let device_cfg = IvshmemConfig {
+        region_size: cfg.size,
+        vectors: 0,
+        peer_id: 0,
+    };
+    let (bdf, _dev) = add_device(p, device_cfg, &mapping, doorbells, None)?;
+    Ok(ShmemDevice {
+        bdf,
+        description: format!("file {}", cfg.path.display()),
+        _mapping: mapping,
+        vectors: None,
+        thread: None,
+    })
+}
