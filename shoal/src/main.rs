@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `shoal` command: run a VM, serve a shared-memory group.
 
+mod group;
 mod logger;
 mod run;
 
@@ -20,6 +21,9 @@ struct Cli {
 enum Command {
     /// Boot a VM and run it until the guest powers off.
     Run(run::RunArgs),
+    /// Serve a shared-memory group, or show its members.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 /// Prints an error and its sources on one line.
@@ -39,5 +43,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Group(cmd) => match group::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                report(e.as_ref());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
