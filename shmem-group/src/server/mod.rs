@@ -475,7 +475,14 @@ impl Server {
             conn.stream.as_raw_fd(),
             EpollEvent::default(),
         );
-        let quiet = matches!(why, ConnError::Closed);
+        let quiet = match why {
+            ConnError::Closed => true,
+            ConnError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        };
         match conn.role {
             ConnRole::Peer(id) => {
                 if !quiet && self.warnings.allow() {
