@@ -125,11 +125,16 @@ pub(crate) fn wait(
             None => None,
         };
         match cx.kind {
-            SleepKind::Futex => match futex::wait(word, expected, left) {
-                Ok(KernelWait::Woken | KernelWait::Changed) => return Ok(WaitOutcome::Woken),
-                Ok(KernelWait::TimedOut) => return Ok(WaitOutcome::TimedOut),
-                Err(e) => return Err(SyncError::Futex(e)),
-            },
+            SleepKind::Futex => {
+                cx.transport.note_sleep(word, true);
+                let slept = futex::wait(word, expected, left);
+                cx.transport.note_sleep(word, false);
+                return match slept {
+                    Ok(KernelWait::Woken | KernelWait::Changed) => Ok(WaitOutcome::Woken),
+                    Ok(KernelWait::TimedOut) => Ok(WaitOutcome::TimedOut),
+                    Err(e) => Err(SyncError::Futex(e)),
+                };
+            }
             SleepKind::Doorbell => {
                 // Any ring wakes us; spurious wakes are allowed (the caller
                 // re-checks its condition), so return after one.

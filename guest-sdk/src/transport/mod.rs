@@ -12,6 +12,7 @@ pub mod pci;
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -76,4 +77,7 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn sleep(&self, token: u32, timeout: Option<Duration>) -> Result<(), TransportError>;
     /// A short name for logs.
     fn name(&self) -> &'static str;
+    /// Called around a futex sleep on `word` (host peers keep a list, to
+    /// answer doorbells from guests with futex wakes).
+    fn note_sleep(&self, _word: &AtomicU32, _sleeping: bool) {}
 }
