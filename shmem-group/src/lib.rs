@@ -23,6 +23,7 @@
 pub mod client;
 pub mod doorbells;
 pub mod ext;
+pub mod fuzzing;
 pub mod layout;
 pub mod memory;
 pub mod protocol;

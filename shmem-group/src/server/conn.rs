@@ -255,6 +255,33 @@ impl Conn {
     }
 }
 
+/// Feeds `data` to an extension connection as client input (fuzzing).
+pub fn fuzz_feed(data: &[u8]) {
+    let Ok((ours, theirs)) = UnixStream::pair() else {
+        return;
+    };
+    let Ok(mut conn) = Conn::new(ours, Kind::Ext, 64) else {
+        return;
+    };
+    let _ = theirs.set_nonblocking(true);
+    let mut writer = &theirs;
+    for chunk in data.chunks(97) {
+        if std::io::Write::write_all(&mut writer, chunk).is_err() {
+            break;
+        }
+        if conn.read_input().is_err() {
+            return;
+        }
+        loop {
+            match conn.next_request() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,12 @@ mod members;
 
 pub use listener::{group_id, ListenerError};
 
+/// Fuzzing hook: see [`crate::fuzzing::fuzz_server_conn`].
+#[doc(hidden)]
+pub fn conn_fuzz(data: &[u8]) {
+    conn::fuzz_feed(data);
+}
+
 use crate::ext::{self, Event, EventKind, MemberStatus, Reply, Request, StatusReport};
 use crate::layout::{LayoutParams, PeerState, Region};
 use crate::memory::{self, Mapping, MemoryError};
