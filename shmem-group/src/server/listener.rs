@@ -184,6 +184,19 @@ mod tests {
     }
 
     #[test]
+    fn group_socket_is_0660_and_owned_by_the_group() {
+        use std::os::unix::fs::MetadataExt;
+        let path = temp_path("group");
+        // SAFETY: getegid has no preconditions.
+        let gid = unsafe { libc::getegid() };
+        let _l = bind(&path, Some(gid)).unwrap();
+        let _guard = SocketFile(path.clone());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
+    }
+
+    #[test]
     fn live_socket_is_not_replaced() {
         let path = temp_path("live");
         let _l = bind(&path, None).unwrap();
