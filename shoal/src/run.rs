@@ -11,8 +11,12 @@ use vmm::config::{self, SerialOutput, VmConfig};
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Kernel: a PVH ELF, an ELF vmlinux or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
+    /// Start from the snapshot in DIR instead of booting (the snapshot's
+    /// configuration is used; --serial may redirect its output).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "shmem_group", "shmem"])]
+    restore: Option<PathBuf>,
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
     initramfs: Option<PathBuf>,
@@ -39,11 +43,18 @@ pub struct RunArgs {
     shmem: Vec<String>,
 }
 
-fn config(args: RunArgs) -> Result<VmConfig, config::ConfigError> {
-    Ok(VmConfig {
+fn launch(args: RunArgs) -> Result<vmm::Launch, config::ConfigError> {
+    if let Some(dir) = args.restore {
+        let serial = match args.serial.as_str() {
+            "stdout" => None,
+            s => Some(s.parse::<SerialOutput>()?),
+        };
+        return Ok(vmm::Launch::Restore { dir, serial });
+    }
+    Ok(vmm::Launch::Boot(VmConfig {
         memory: config::parse_memory(&args.memory)?,
         serial: args.serial.parse::<SerialOutput>()?,
-        kernel: args.kernel,
+        kernel: args.kernel.unwrap_or_default(),
         initramfs: args.initramfs,
         cmdline: args.cmdline,
         cpus: args.cpus,
@@ -58,19 +69,19 @@ fn config(args: RunArgs) -> Result<VmConfig, config::ConfigError> {
             .iter()
             .map(|g| g.parse())
             .collect::<Result<_, _>>()?,
-    })
+    }))
 }
 
 /// Runs `shoal run`: 0 when the guest powers off.
 pub fn run(args: RunArgs) -> ExitCode {
-    let config = match config(args) {
-        Ok(c) => c,
+    let launch = match launch(args) {
+        Ok(l) => l,
         Err(e) => {
             crate::report(&e);
             return ExitCode::from(2);
         }
     };
-    match vmm::run(config) {
+    match vmm::run(launch) {
         Ok(vmm::ExitReason::PowerOff) => ExitCode::SUCCESS,
         Ok(vmm::ExitReason::Reset) => {
             eprintln!("shoal: the guest reset the machine (--no-reboot)");

@@ -38,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// `--shmem-group socket=PATH[,vectors=N]`: join a group server.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GroupConfig {
     /// The group server's socket.
     pub socket: PathBuf,
@@ -47,7 +47,7 @@ pub struct GroupConfig {
 }
 
 /// `--shmem path=FILE,size=SIZE`: an ivshmem-plain region, no server.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlainShmemConfig {
     /// Backing file (created if missing; grown to `size` if shorter).
     pub path: PathBuf,
@@ -115,7 +115,7 @@ impl std::str::FromStr for PlainShmemConfig {
 }
 
 /// Where the guest's COM1 output goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SerialOutput {
     Stdout,
     File(PathBuf),
@@ -138,7 +138,7 @@ impl std::str::FromStr for SerialOutput {
 }
 
 /// A whole VM as the user asked for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initramfs: Option<PathBuf>,

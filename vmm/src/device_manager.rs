@@ -2,7 +2,6 @@
 //! Builds the platform devices, puts them on the port and MMIO buses, and
 //! connects their interrupts to KVM.
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Sender;
@@ -38,11 +37,34 @@ pub enum DeviceError {
     BarWindows(#[source] devices::pci::AllocatorError),
     #[error("cannot map PCI BARs")]
     BarMap(#[source] devices::pci::BarMapperError),
+    #[error("cannot encode the state of {0}")]
+    Encode(&'static str, #[source] serde_json::Error),
+    #[error("the snapshot has no state for device {0}")]
+    MissingState(String),
+    #[error("the snapshot's state of device {0} is not valid")]
+    BadState(String, #[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// PCI configuration mechanism #1 ports.
 const PCI_CONFIG_IO_BASE: u64 = 0xcf8;
 const PCI_CONFIG_IO_LEN: u64 = 8;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Finds and decodes the state called `name`.
+pub fn find_state<T: serde::de::DeserializeOwned>(
+    states: &[(String, serde_json::Value)],
+    name: &str,
+) -> Result<T, DeviceError> {
+    let value = states
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| DeviceError::MissingState(name.to_string()))?;
+    serde_json::from_value(value).map_err(|e| DeviceError::BadState(name.to_string(), Box::new(e)))
+}
 
 /// Device requests for power-off and reset, sent to the control loop.
 #[derive(Debug)]
@@ -74,15 +96,29 @@ impl Write for StdoutSink {
     }
 }
 
-fn serial_out(output: &SerialOutput) -> Result<SerialOut, DeviceError> {
+/// The serial sink; `append` keeps what a file holds (a restored VM goes
+/// on writing where the saved one stopped).
+fn serial_out(output: &SerialOutput, append: bool) -> Result<SerialOut, DeviceError> {
     Ok(match output {
         SerialOutput::Stdout => Box::new(StdoutSink),
         SerialOutput::Off => Box::new(std::io::sink()),
-        SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|e| DeviceError::SerialFile(path.clone(), e))?)
-        }
+        SerialOutput::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(path)
+                .map_err(|e| DeviceError::SerialFile(path.clone(), e))?,
+        ),
     })
 }
+
+/// Names of device states in a snapshot.
+const SERIAL_STATE: &str = "serial";
+const I8042_STATE: &str = "i8042";
+const ACPI_STATE: &str = "acpi-pm";
+const PCI_CONFIG_IO_STATE: &str = "pci-config-io";
 
 /// Passes BAR moves on to the device that owns the BAR (e.g. to move the
 /// memory slot of a shared region).
@@ -124,8 +160,12 @@ pub struct DeviceManager {
     bar_allocator: Mutex<BarAllocator>,
     relocators: Arc<Relocators>,
     next_slot: std::sync::atomic::AtomicU32,
-    /// Eventfds wired to KVM irqfds; kept open for the VM's lifetime.
-    _irqfds: Vec<Arc<EventFd>>,
+    serial: Arc<Mutex<Serial>>,
+    serial_output: SerialOutput,
+    com1_irq: Arc<EventFd>,
+    i8042: Arc<Mutex<I8042>>,
+    acpi: Arc<Mutex<AcpiPm>>,
+    config_io: Arc<Mutex<PciConfigIo>>,
 }
 
 impl DeviceManager {
@@ -143,21 +183,19 @@ impl DeviceManager {
         let com1_irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?);
         vm.register_irqfd(com1_irq.as_raw_fd(), COM1_IRQ, None)
             .map_err(DeviceError::Irq)?;
-        let serial = Serial::new(com1_irq.clone(), serial_out(serial)?);
-        pio.insert(Arc::new(Mutex::new(serial)), COM1_BASE, SERIAL_PORT_LEN)
+        let serial_output = serial.clone();
+        let serial = Arc::new(Mutex::new(Serial::new(
+            com1_irq.clone(),
+            serial_out(serial, false)?,
+        )));
+        pio.insert(serial.clone(), COM1_BASE, SERIAL_PORT_LEN)
             .map_err(DeviceError::Bus)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(control.clone()))),
-            I8042_BASE,
-            I8042_LEN,
-        )
-        .map_err(DeviceError::Bus)?;
-        pio.insert(
-            Arc::new(Mutex::new(AcpiPm::new(control))),
-            ACPI_PM_BASE,
-            ACPI_PM_LEN,
-        )
-        .map_err(DeviceError::Bus)?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
+        pio.insert(i8042.clone(), I8042_BASE, I8042_LEN)
+            .map_err(DeviceError::Bus)?;
+        let acpi = Arc::new(Mutex::new(AcpiPm::new(control)));
+        pio.insert(acpi.clone(), ACPI_PM_BASE, ACPI_PM_LEN)
+            .map_err(DeviceError::Bus)?;
 
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let relocators = Arc::new(Relocators::default());
@@ -167,15 +205,12 @@ impl DeviceManager {
             mmio.clone(),
             Some(relocators.clone()),
         ));
-        pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(
-                pci.clone(),
-                bar_mapper.clone(),
-            ))),
-            PCI_CONFIG_IO_BASE,
-            PCI_CONFIG_IO_LEN,
-        )
-        .map_err(DeviceError::Bus)?;
+        let config_io = Arc::new(Mutex::new(PciConfigIo::new(
+            pci.clone(),
+            bar_mapper.clone(),
+        )));
+        pio.insert(config_io.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN)
+            .map_err(DeviceError::Bus)?;
         mmio.insert(
             Arc::new(Mutex::new(PciConfigMmio::new(
                 pci.clone(),
@@ -196,8 +231,48 @@ impl DeviceManager {
             bar_allocator: Mutex::new(bar_allocator),
             relocators,
             next_slot: std::sync::atomic::AtomicU32::new(FIRST_DEVICE_SLOT),
-            _irqfds: vec![com1_irq],
+            serial,
+            serial_output,
+            com1_irq,
+            i8042,
+            acpi,
+            config_io,
         })
+    }
+
+    /// Saves the guest-visible state of the platform devices (PCI functions
+    /// with state of their own save it themselves).
+    pub fn save_state(&self) -> Result<Vec<(String, serde_json::Value)>, DeviceError> {
+        fn encode<T: serde::Serialize>(
+            name: &'static str,
+            state: T,
+        ) -> Result<(String, serde_json::Value), DeviceError> {
+            serde_json::to_value(state)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| DeviceError::Encode(name, e))
+        }
+        Ok(vec![
+            encode(SERIAL_STATE, lock(&self.serial).snapshot())?,
+            encode(I8042_STATE, lock(&self.i8042).state())?,
+            encode(ACPI_STATE, lock(&self.acpi).state())?,
+            encode(PCI_CONFIG_IO_STATE, lock(&self.config_io).address())?,
+        ])
+    }
+
+    /// Restores what [`DeviceManager::save_state`] saved.
+    pub fn restore_state(&self, states: &[(String, serde_json::Value)]) -> Result<(), DeviceError> {
+        let serial = find_state(states, SERIAL_STATE)?;
+        let restored = Serial::restore(
+            &serial,
+            self.com1_irq.clone(),
+            serial_out(&self.serial_output, true)?,
+        )
+        .map_err(|e| DeviceError::BadState(SERIAL_STATE.into(), Box::new(e)))?;
+        *lock(&self.serial) = restored;
+        lock(&self.i8042).restore(find_state(states, I8042_STATE)?);
+        lock(&self.acpi).restore(find_state(states, ACPI_STATE)?);
+        lock(&self.config_io).set_address(find_state(states, PCI_CONFIG_IO_STATE)?);
+        Ok(())
     }
 
     /// Maps the BARs of every PCI function on the buses (call once all

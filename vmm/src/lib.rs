@@ -8,6 +8,7 @@
 //! Nothing below it depends on it.
 
 pub mod api;
+mod boot;
 pub mod config;
 pub mod device_manager;
 pub mod interrupts;
@@ -16,10 +17,11 @@ pub mod migration;
 pub mod shmem;
 mod signals;
 pub mod snapshot;
+pub mod state;
 pub mod vcpu;
 mod vm;
 
-pub use vm::{run, Error};
+pub use vm::{run, Error, Launch};
 
 /// What the control loop hears about.
 #[derive(Debug)]

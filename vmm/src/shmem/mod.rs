@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::ivshmem::{Ivshmem, IvshmemConfig, REGION_BAR, REGS_BAR};
-use devices::pci::{assign_bars, BarRelocator, BarReprogram, PciBdf};
+use devices::pci::{assign_bars, BarRelocator, BarReprogram, PciBdf, PciDevice};
 use devices::ratelimit::LogLimiter;
 use hypervisor::Vm;
 use shmem_group::memory::Mapping;
@@ -115,6 +115,8 @@ impl BarRelocator for Relocator {
 #[derive(Debug)]
 pub struct ShmemDevice {
     bdf: PciBdf,
+    dev: Arc<Mutex<Ivshmem>>,
+    relocator: Arc<Relocator>,
     description: String,
     _mapping: Mapping,
     vectors: Option<Arc<Vectors>>,
@@ -130,6 +132,44 @@ impl ShmemDevice {
     /// `group <socket>` or `file <path>`, for logs and the API.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// Name of this device's state in a snapshot.
+    pub fn state_name(&self) -> String {
+        format!("ivshmem {}", self.bdf)
+    }
+
+    /// The guest-visible register state (the region itself belongs to the
+    /// group or the file, not to the VM's snapshot).
+    pub fn save_state(&self) -> devices::ivshmem::IvshmemState {
+        self.dev
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state()
+    }
+
+    /// Restores registers, MSI-X table and BAR placement.
+    pub fn restore_state(&self, state: devices::ivshmem::IvshmemState) -> Result<(), ShmemError> {
+        let mut dev = self.dev.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = dev.bars();
+        dev.restore(state).map_err(ShmemError::Device)?;
+        let after = dev.bars();
+        drop(dev);
+        // Follow BARs the restored guest had placed elsewhere.
+        for (b, a) in before.iter().zip(&after) {
+            if b.addr != a.addr {
+                self.relocator.relocate(&BarReprogram {
+                    bdf: self.bdf,
+                    bar: a.index,
+                    old: b.addr,
+                    new: a.addr,
+                    size: a.size,
+                    kind: a.kind,
+                    trapped: a.trapped,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -160,7 +200,7 @@ fn add_device(
     mapping: &Mapping,
     doorbells: Arc<Mutex<Doorbells>>,
     vectors: Option<Arc<Vectors>>,
-) -> Result<(PciBdf, Arc<Mutex<Ivshmem>>), ShmemError> {
+) -> Result<(PciBdf, Arc<Mutex<Ivshmem>>, Arc<Relocator>), ShmemError> {
     let line = Arc::new(IrqLine {
         vm: p.vm.clone(),
         gsi: AtomicU32::new(0),
@@ -216,8 +256,8 @@ fn add_device(
             _ => {}
         }
     }
-    p.devices.add_relocator(bdf, relocator);
-    Ok((bdf, dev))
+    p.devices.add_relocator(bdf, relocator.clone());
+    Ok((bdf, dev, relocator))
 }
 
 /// MSI-X notifier of a device without vectors (plain mode): never called.
@@ -279,7 +319,7 @@ pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, 
         vectors,
         peer_id: peer.id(),
     };
-    let (bdf, dev) = add_device(
+    let (bdf, dev, relocator) = add_device(
         p,
         device_cfg,
         &mapping,
@@ -292,10 +332,12 @@ pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, 
         peer.id(),
         mapping.len()
     );
-    let thread =
-        GroupThread::spawn(peer, dev, doorbells, changed, vectors).map_err(ShmemError::Thread)?;
+    let thread = GroupThread::spawn(peer, dev.clone(), doorbells, changed, vectors)
+        .map_err(ShmemError::Thread)?;
     Ok(ShmemDevice {
         bdf,
+        dev,
+        relocator,
         description: format!("group {}", cfg.socket.display()),
         _mapping: mapping,
         vectors: vector_set,
@@ -331,9 +373,11 @@ pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDev
         vectors: 0,
         peer_id: 0,
     };
-    let (bdf, _dev) = add_device(p, device_cfg, &mapping, doorbells, None)?;
+    let (bdf, dev, relocator) = add_device(p, device_cfg, &mapping, doorbells, None)?;
     Ok(ShmemDevice {
         bdf,
+        dev,
+        relocator,
         description: format!("file {}", cfg.path.display()),
         _mapping: mapping,
         vectors: None,
