@@ -183,6 +183,59 @@ fn restarted_server_adopts_the_region_and_peers_keep_their_ids() {
     wait_event(&mut a, |e| *e == Membership::Left(1));
 }
 
+/// Starts the child peer process and returns it with its id.
+fn spawn_child_peer(path: &std::path::Path) -> (std::process::Child, u16) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_peer_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let id = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let (_, id) = line.split_once("CHILD-ID ")?;
+            Some(id.trim().parse().unwrap())
+        })
+        .expect("child reports its id");
+    (child, id)
+}
+
+#[test]
+fn adopted_peer_that_exits_before_reconnecting_is_marked_dead() {
+    let path = common::socket_path("orphan");
+    let config = ServerConfig::new("test", path.clone(), 1 << 20);
+    let server = TestServer::with_config(config.clone());
+    let mut a = Peer::connect(&path).unwrap();
+    let (mut child, child_id) = spawn_child_peer(&path);
+    wait_for_peers(&mut a, &[child_id]);
+    server.stop();
+    wait_event(&mut a, |e| *e == Membership::ServerGone);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let _server = TestServer::with_config(config);
+    a.reconnect().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let snap = a.region().unwrap().peer(child_id).unwrap();
+        if snap.state == Some(PeerState::Dead) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "orphan never reaped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_event(&mut a, |e| *e == Membership::Left(child_id));
+}
+
 #[test]
 fn foreign_region_is_refused_once_the_server_is_in_use() {
     let first = TestServer::start("foreign1", 1, 8);

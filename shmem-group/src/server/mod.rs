@@ -299,6 +299,7 @@ impl Server {
             self.config.max_peers
         );
         let mut events = vec![EpollEvent::default(); 64];
+        let mut last_reap = Instant::now();
         loop {
             let n = match self.epoll.wait(1000, &mut events) {
                 Ok(n) => n,
@@ -317,6 +318,10 @@ impl Server {
                 }
             }
             self.expire_pending();
+            if last_reap.elapsed() >= Duration::from_secs(1) {
+                last_reap = Instant::now();
+                self.reap_orphans();
+            }
         }
     }
 
@@ -528,6 +533,26 @@ impl Server {
                 key,
                 &ConnError::Io(io::Error::from(io::ErrorKind::TimedOut)),
             );
+        }
+    }
+
+    /// Adopted members that have not reconnected have no socket whose
+    /// closing would tell us they died; check their pid instead (same host).
+    fn reap_orphans(&mut self) {
+        let gone: Vec<u16> = self
+            .members
+            .iter()
+            .filter(|(_, s)| s.state == SlotState::Live && s.conn.is_none() && s.pid != 0)
+            .filter(|(_, s)| {
+                // SAFETY: kill with signal 0 only checks for existence.
+                let rc = unsafe { libc::kill(s.pid as libc::pid_t, 0) };
+                rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in gone {
+            info!("group {}: adopted peer {id} has exited", self.config.name);
+            self.peer_died(id);
         }
     }
 
