@@ -308,7 +308,7 @@ impl<W: Write> FrameWriter<W> {
         self.send(Kind::IterationEnd, &[&p])
     }
 
-    /// Notes a frame written past this writer (see [`FrameWriter::encode`]).
+    /// Writes out everything buffered.
     pub fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }

@@ -192,6 +192,13 @@ pub struct Platform<'a> {
     pub routing: &'a Arc<IrqRouting>,
 }
 
+/// A function [`add_device`] put on the bus.
+struct Added {
+    bdf: PciBdf,
+    dev: Arc<Mutex<Ivshmem>>,
+    relocator: Arc<Relocator>,
+}
+
 /// Builds the PCI function over `mapping`, places its BARs and maps the
 /// region into the guest.
 fn add_device(
@@ -200,7 +207,7 @@ fn add_device(
     mapping: &Mapping,
     doorbells: Arc<Mutex<Doorbells>>,
     vectors: Option<Arc<Vectors>>,
-) -> Result<(PciBdf, Arc<Mutex<Ivshmem>>, Arc<Relocator>), ShmemError> {
+) -> Result<Added, ShmemError> {
     let line = Arc::new(IrqLine {
         vm: p.vm.clone(),
         gsi: AtomicU32::new(0),
@@ -257,7 +264,11 @@ fn add_device(
         }
     }
     p.devices.add_relocator(bdf, relocator.clone());
-    Ok((bdf, dev, relocator))
+    Ok(Added {
+        bdf,
+        dev,
+        relocator,
+    })
 }
 
 /// MSI-X notifier of a device without vectors (plain mode): never called.
@@ -319,7 +330,11 @@ pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, 
         vectors,
         peer_id: peer.id(),
     };
-    let (bdf, dev, relocator) = add_device(
+    let Added {
+        bdf,
+        dev,
+        relocator,
+    } = add_device(
         p,
         device_cfg,
         &mapping,
@@ -373,7 +388,11 @@ pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDev
         vectors: 0,
         peer_id: 0,
     };
-    let (bdf, dev, relocator) = add_device(p, device_cfg, &mapping, doorbells, None)?;
+    let Added {
+        bdf,
+        dev,
+        relocator,
+    } = add_device(p, device_cfg, &mapping, doorbells, None)?;
     Ok(ShmemDevice {
         bdf,
         dev,
