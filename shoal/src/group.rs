@@ -152,7 +152,16 @@ mod tests {
     #[test]
     fn serve_parses_sizes_with_suffixes() {
         let cli = Cli::try_parse_from([
-            "x", "serve", "--name", "g", "--socket", "/tmp/s", "--size", "4M", "--vectors", "2",
+            "x",
+            "serve",
+            "--name",
+            "g",
+            "--socket",
+            "/tmp/s",
+            "--size",
+            "4M",
+            "--vectors",
+            "2",
         ])
         .unwrap();
         match cli.cmd {
