@@ -2,7 +2,9 @@
 //! The heap checker: walks every page descriptor, the free list, the class
 //! lists and the name table, and reports what does not add up.
 
-use super::heap::{self, Heap, CLASSES, D_BITMAP, D_KIND, D_LEN, D_NEXT, D_PREV, D_USED};
+use super::heap::{
+    self, Heap, CLASSES, D_BITMAP, D_FLAGS, D_KIND, D_LEN, D_NEXT, D_PREV, D_USED, F_NAMED,
+};
 use super::journal::Tx;
 use super::{names, AllocError};
 use crate::layout::{H_CLASSES, H_FREE_HEAD, H_FREE_PAGES, PAGE};
@@ -50,6 +52,7 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
     };
     let h = Heap { tx };
     let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut flagged = BTreeSet::new();
     let mut free_heads = BTreeSet::new();
     let mut partial: BTreeSet<(usize, u32)> = BTreeSet::new();
     let mut p = 0u32;
@@ -75,6 +78,9 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
             heap::K_LARGE => match h.span_at(p, heap::K_LARGE)? {
                 Some(n) => {
                     blocks.insert(h.page_offset(p), u64::from(n) * PAGE);
+                    if h.get(p, D_FLAGS)? & F_NAMED != 0 {
+                        flagged.insert(h.page_offset(p));
+                    }
                     r.large_blocks += 1;
                     step = n;
                 }

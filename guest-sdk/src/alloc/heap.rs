@@ -12,6 +12,7 @@
 //! 16 used   u32  objects in use (slab)
 //! 20 stamp  u32  unique per run/block: first and last page carry the same
 //! 24 owner  u32  owner tag of the allocating peer (large blocks)
+//! 28 flags  u32  large blocks: bit 0 = named object (only freed by name)
 //! 32 bitmap 4 × u64, one bit per slab object
 //! ```
 //!
@@ -42,6 +43,9 @@ pub(crate) const D_PREV: u64 = 12;
 pub(crate) const D_USED: u64 = 16;
 pub(crate) const D_STAMP: u64 = 20;
 pub(crate) const D_OWNER: u64 = 24;
+pub(crate) const D_FLAGS: u64 = 28;
+/// Flag: the large block is a named object.
+pub(crate) const F_NAMED: u32 = 1;
 pub(crate) const D_BITMAP: u64 = 32;
 
 /// Object sizes of the slab classes.
@@ -280,6 +284,7 @@ impl Heap<'_, '_> {
         let stamp = self.new_stamp()?;
         self.write_span(start, n, K_LARGE, stamp)?;
         self.set(start, D_OWNER, owner)?;
+        self.set(start, D_FLAGS, 0)?;
         self.set(start, D_NEXT, 0)?;
         self.set(start, D_PREV, 0)?;
         Ok(self.page_offset(start))
@@ -334,16 +339,31 @@ impl Heap<'_, '_> {
         Ok(self.page_offset(page) + u64::from(index) * u64::from(CLASSES[c]))
     }
 
-    /// Frees the block at `off`; returns its usable size.
-    pub(crate) fn free(&mut self, off: u64) -> Result<u64, AllocError> {
+    /// Marks the large block at `off` as a named object.
+    pub(crate) fn set_named(&mut self, off: u64) -> Result<(), AllocError> {
+        let (page, _) = self.locate(off)?;
+        self.set(page, D_FLAGS, F_NAMED)
+    }
+
+    /// Frees the block at `off` (a named object only if `named`); returns
+    /// its usable size.
+    pub(crate) fn free(&mut self, off: u64, named: bool) -> Result<u64, AllocError> {
         let (page, within) = self.locate(off)?;
         match self.get(page, D_KIND)? {
-            K_SLAB => self.free_small(page, within, off),
+            K_SLAB if !named => self.free_small(page, within, off),
             K_LARGE if within == 0 => {
                 let n = self
                     .span_at(page, K_LARGE)?
                     .ok_or(AllocError::NotAllocated(off))?;
+                if (self.get(page, D_FLAGS)? & F_NAMED != 0) != named {
+                    return Err(if named {
+                        AllocError::Corrupt("name points at an unnamed block")
+                    } else {
+                        AllocError::Named(off)
+                    });
+                }
                 self.set(page, D_OWNER, 0)?;
+                self.set(page, D_FLAGS, 0)?;
                 self.give_pages(page, n)?;
                 Ok(u64::from(n) * PAGE)
             }

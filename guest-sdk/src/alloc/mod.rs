@@ -138,13 +138,13 @@ impl Shoal {
         }
     }
 
-    fn alloc_in(tx: &mut Tx<'_>, size: u64, owner: u32) -> Result<u64, AllocError> {
+    fn alloc_in(tx: &mut Tx<'_>, size: u64, owner: u32, large: bool) -> Result<u64, AllocError> {
         let pages = size.div_ceil(PAGE);
         if size == 0 || pages > u64::from(tx.geo.pages) {
             return Err(AllocError::BadSize(size));
         }
         let mut heap = Heap { tx };
-        if size <= MAX_SMALL {
+        if size <= MAX_SMALL && !large {
             heap.alloc_small(heap::class_of(size))
         } else {
             heap.alloc_large(pages as u32, owner)
@@ -155,7 +155,7 @@ impl Shoal {
     /// [`MAX_SMALL`]). The contents are unspecified.
     pub fn alloc(&self, size: u64) -> Result<ShmPtr<u8>, AllocError> {
         let owner = self.inner.tag;
-        let off = self.transact(|tx| Self::alloc_in(tx, size, owner))?;
+        let off = self.transact(|tx| Self::alloc_in(tx, size, owner, false))?;
         Ok(ShmPtr::from_offset(off))
     }
 
@@ -181,12 +181,7 @@ impl Shoal {
     /// offsets and named objects are refused with an error.
     pub fn free<T>(&self, ptr: ShmPtr<T>) -> Result<(), AllocError> {
         let off = ptr.offset();
-        self.transact(|tx| {
-            if names::is_named(tx, off)? {
-                return Err(AllocError::Named(off));
-            }
-            Heap { tx }.free(off).map(|_| ())
-        })
+        self.transact(|tx| Heap { tx }.free(off, false).map(|_| ()))
     }
 
     /// Usable size of an allocated block.
@@ -211,7 +206,10 @@ impl Shoal {
                 }
                 return Ok((entry.offset, false));
             }
-            let off = Self::alloc_in(tx, size, owner)?;
+            // Named objects are whole pages, flagged, so a plain free of one
+            // is refused without searching the name table.
+            let off = Self::alloc_in(tx, size, owner, true)?;
+            Heap { tx }.set_named(off)?;
             // Zero before publishing the name: nobody sees stale bytes.
             mem.zero(off, size)?;
             names::insert(tx, &key, off, size)?;
@@ -236,7 +234,7 @@ impl Shoal {
                 return Ok(false);
             };
             names::remove(tx, &entry)?;
-            Heap { tx }.free(entry.offset)?;
+            Heap { tx }.free(entry.offset, true)?;
             Ok(true)
         })
     }

@@ -103,11 +103,6 @@ pub(crate) fn all(tx: &Tx<'_>) -> Result<Vec<Entry>, AllocError> {
     Ok(out)
 }
 
-/// Whether a block at `offset` is named.
-pub(crate) fn is_named(tx: &Tx<'_>, offset: u64) -> Result<bool, AllocError> {
-    Ok(all(tx)?.iter().any(|e| e.offset == offset))
-}
-
 /// Records `name` → (`offset`, `size`) in a free slot.
 pub(crate) fn insert(
     tx: &mut Tx<'_>,

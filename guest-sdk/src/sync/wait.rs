@@ -27,7 +27,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Spins before sleeping.
-const SPINS: u32 = 200;
+const SPINS: u32 = 40;
 /// Longest nap of a driverless (polling) waiter.
 const MAX_NAP: Duration = Duration::from_millis(1);
 
