@@ -12,6 +12,7 @@
 //! offsets are errors.
 
 pub mod check;
+pub mod fuzz;
 pub(crate) mod heap;
 pub(crate) mod journal;
 pub(crate) mod names;
