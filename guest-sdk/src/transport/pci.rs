@@ -138,45 +138,73 @@ pub fn find_devices(sysfs: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The interrupt character device for `dev`, if any.
-fn irq_device(dev: &Path) -> Option<PathBuf> {
+/// Where interrupts come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IrqSource {
+    /// Our guest driver's node (or `$SHOAL_IRQ_DEV`): 8-byte reads.
+    Driver(PathBuf),
+    /// A uio node: 4-byte reads, then a 4-byte 1 to re-enable INTx.
+    Uio(PathBuf),
+}
+
+/// The interrupt source for `dev`: `$SHOAL_IRQ_DEV`, else our driver's
+/// misc node (`<dev>/misc/shoal_ivshmemN`), else the uio node.
+pub fn irq_source(dev: &Path) -> Option<IrqSource> {
     if let Some(path) = std::env::var_os(IRQ_ENV) {
-        return Some(PathBuf::from(path));
+        return Some(IrqSource::Driver(PathBuf::from(path)));
     }
-    let uio = fs::read_dir(dev.join("uio")).ok()?.flatten().next()?;
-    Some(Path::new("/dev").join(uio.file_name()))
+    let first = |sub: &str, prefix: &str| {
+        let mut names: Vec<_> = fs::read_dir(dev.join(sub))
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with(prefix))
+            .collect();
+        names.sort();
+        names.into_iter().next().map(|n| Path::new("/dev").join(n))
+    };
+    first("misc", "shoal_ivshmem")
+        .map(IrqSource::Driver)
+        .or_else(|| first("uio", "uio").map(IrqSource::Uio))
 }
 
 #[derive(Debug)]
 struct Epoch(AtomicU32);
 
-fn spawn_dispatcher(path: &Path, epoch: Arc<Epoch>) -> Result<(), TransportError> {
+fn spawn_dispatcher(source: &IrqSource, epoch: Arc<Epoch>) -> Result<(), TransportError> {
+    let (path, uio) = match source {
+        IrqSource::Driver(p) => (p, false),
+        IrqSource::Uio(p) => (p, true),
+    };
     let file = fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(uio)
         .open(path)
         .map_err(|e| TransportError::Io("cannot open the interrupt device", e))?;
+    let read_len = if uio { 4 } else { 8 };
     std::thread::Builder::new()
         .name("shoal-irq".into())
         .spawn(move || {
             let fd = file.as_raw_fd();
             loop {
                 let mut buf = [0u8; 8];
-                // SAFETY: reads into a valid 8-byte buffer from an fd the
-                // closure owns (through `file`).
-                let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, 8) };
-                if n < 0 {
-                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
+                // SAFETY: reads at most 8 bytes into a valid 8-byte buffer
+                // from an fd the closure owns (through `file`).
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, read_len) };
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if n <= 0 {
                     log::error!("shoal: interrupt device failed; waiters fall back to timeouts");
                     return;
                 }
                 epoch.0.fetch_add(1, Ordering::AcqRel);
                 futex::wake(&epoch.0, u32::MAX);
-                let one = 1u32.to_ne_bytes();
-                // SAFETY: writes 4 bytes from a valid buffer (uio: re-enable).
-                unsafe { libc::write(fd, one.as_ptr() as *const libc::c_void, 4) };
+                if uio {
+                    let one = 1u32.to_ne_bytes();
+                    // SAFETY: writes 4 bytes from a valid buffer (re-enables INTx).
+                    unsafe { libc::write(fd, one.as_ptr() as *const libc::c_void, 4) };
+                }
             }
         })
         .map_err(|e| TransportError::Io("cannot start the interrupt thread", e))?;
@@ -205,8 +233,18 @@ impl Pci {
         Self::open_at(Path::new("/sys"), std::env::var(PCI_ENV).ok().as_deref())
     }
 
-    /// Opens a device under a sysfs root (tests use a fake one).
+    /// Opens a device under a sysfs root, finding its interrupt source.
     pub fn open_at(sysfs: &Path, address: Option<&str>) -> Result<Self, TransportError> {
+        Self::open_with(sysfs, address, None)
+    }
+
+    /// Opens a device with an explicit interrupt source (`None`: look it up;
+    /// tests use a fake sysfs and a FIFO as the driver).
+    pub fn open_with(
+        sysfs: &Path,
+        address: Option<&str>,
+        irq: Option<IrqSource>,
+    ) -> Result<Self, TransportError> {
         let dev = match address {
             Some(a) => sysfs.join("bus/pci/devices").join(a),
             None => find_devices(sysfs)
@@ -226,8 +264,8 @@ impl Pci {
         let position = regs.read32(REG_IV_POSITION);
         let id = u16::try_from(position).map_err(|_| TransportError::NoDevice)?;
         let epoch = Arc::new(Epoch(AtomicU32::new(0)));
-        let kind = match irq_device(&dev) {
-            Some(path) => match spawn_dispatcher(&path, Arc::clone(&epoch)) {
+        let kind = match irq.or_else(|| irq_source(&dev)) {
+            Some(source) => match spawn_dispatcher(&source, Arc::clone(&epoch)) {
                 Ok(()) => {
                     regs.write32(REG_INTR_MASK, u32::MAX);
                     SleepKind::Doorbell
@@ -358,6 +396,57 @@ mod tests {
         let shoal = Shoal::open_transport(Box::new(pci)).unwrap();
         let p = shoal.alloc(100).unwrap();
         assert!(shoal.check_heap(&[p.offset()]).unwrap().is_consistent());
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn driver_interrupts_wake_sleepers() {
+        let root = fake_sysfs("irq", 2);
+        let fifo = root.join("irq-fifo");
+        let cpath = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+        // Hold the write end open (non-blocking open for reading first).
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || fs::OpenOptions::new().write(true).open(fifo).unwrap()
+        });
+        let pci = Pci::open_with(&root, None, Some(IrqSource::Driver(fifo))).unwrap();
+        let mut writer = writer.join().unwrap();
+        assert_eq!(pci.sleep_kind(), SleepKind::Doorbell);
+        let token = pci.sleep_token();
+        let pci = Arc::new(pci);
+        let sleeper = {
+            let pci = Arc::clone(&pci);
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                pci.sleep(token, Some(Duration::from_secs(10))).unwrap();
+                start.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        std::io::Write::write_all(&mut writer, &1u64.to_ne_bytes()).unwrap();
+        let took = sleeper.join().unwrap();
+        assert!(
+            took < Duration::from_secs(5),
+            "woken by the timeout, not the interrupt"
+        );
+        assert_ne!(pci.sleep_token(), token);
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn irq_source_prefers_the_driver_over_uio() {
+        let root = fake_sysfs("src", 1);
+        let dev = root.join("bus/pci/devices/0000:00:04.0");
+        assert_eq!(irq_source(&dev), None);
+        fs::create_dir_all(dev.join("uio/uio3")).unwrap();
+        assert_eq!(irq_source(&dev), Some(IrqSource::Uio("/dev/uio3".into())));
+        fs::create_dir_all(dev.join("misc/shoal_ivshmem0")).unwrap();
+        assert_eq!(
+            irq_source(&dev),
+            Some(IrqSource::Driver("/dev/shoal_ivshmem0".into()))
+        );
         let _ = fs::remove_dir_all(root);
     }
 
