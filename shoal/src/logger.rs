@@ -31,15 +31,16 @@ impl Log for StderrLogger {
     fn flush(&self) {}
 }
 
-/// Installs the logger; the level comes from `SHOAL_LOG`.
-pub fn init() {
+/// Installs the logger; the level comes from `SHOAL_LOG`, else `default`.
+pub fn init(default: LevelFilter) {
     let level = match std::env::var("SHOAL_LOG").as_deref() {
         Ok("error") => LevelFilter::Error,
         Ok("info") => LevelFilter::Info,
         Ok("debug") => LevelFilter::Debug,
         Ok("trace") => LevelFilter::Trace,
         Ok("off") => LevelFilter::Off,
-        _ => LevelFilter::Warn,
+        Ok("warn") => LevelFilter::Warn,
+        _ => default,
     };
     let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger { level }));
     if log::set_logger(logger).is_ok() {

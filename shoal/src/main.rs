@@ -39,8 +39,13 @@ pub fn report(err: &dyn std::error::Error) {
 }
 
 fn main() -> ExitCode {
-    logger::init();
     let cli = Cli::parse();
+    // A group server's log is its membership record: show it by default.
+    let level = match &cli.command {
+        Command::Group(group::GroupCommand::Serve { .. }) => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    logger::init(level);
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Group(cmd) => match group::run(cmd) {
