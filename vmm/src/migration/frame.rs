@@ -18,7 +18,7 @@
 //! `State` is the encoded `VmSnapshot`; `Abort` is a UTF-8 reason;
 //! `Ack` and `Commit` are empty.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +136,35 @@ pub struct Pages<'a> {
 }
 
 impl<'a> Pages<'a> {
+    fn is_zero(&self, i: u32) -> bool {
+        self.zero_bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0
+    }
+
+    /// Runs of consecutive pages of one kind: `(first page, pages, data)`
+    /// with `None` for a run of zero pages.
+    pub fn runs(&self) -> Vec<(u64, u32, Option<&'a [u8]>)> {
+        let mut runs = Vec::new();
+        let mut data_at = 0usize;
+        let mut i = 0u32;
+        while i < self.count {
+            let zero = self.is_zero(i);
+            let start = i;
+            while i < self.count && self.is_zero(i) == zero {
+                i += 1;
+            }
+            let n = i - start;
+            let first = self.first_page + u64::from(start);
+            if zero {
+                runs.push((first, n, None));
+            } else {
+                let len = n as usize * PAGE_SIZE;
+                runs.push((first, n, self.data.get(data_at..data_at + len)));
+                data_at += len;
+            }
+        }
+        runs
+    }
+
     /// `(page index, Some(data) | None for a zero page)` for each page.
     pub fn iter(&self) -> impl Iterator<Item = (u64, Option<&'a [u8]>)> + '_ {
         let mut data = self.data;
@@ -180,7 +209,9 @@ pub fn decode(kind: Kind, payload: &[u8]) -> Result<Message<'_>, FrameError> {
         Kind::Ack => empty(Message::Ack),
         Kind::Commit => empty(Message::Commit),
         Kind::State => Ok(Message::State(payload)),
-        Kind::Abort => Ok(Message::Abort(String::from_utf8_lossy(payload).into_owned())),
+        Kind::Abort => Ok(Message::Abort(
+            String::from_utf8_lossy(payload).into_owned(),
+        )),
         Kind::IterationEnd => {
             if payload.len() != 12 {
                 return Err(FrameError::Malformed(kind, "length is not 12"));
@@ -209,7 +240,10 @@ pub fn decode(kind: Kind, payload: &[u8]) -> Result<Message<'_>, FrameError> {
                 .filter(|i| zero_bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0)
                 .count() as u32;
             if data.len() != (count - zeros) as usize * PAGE_SIZE {
-                return Err(FrameError::Malformed(kind, "data length does not match the bitmap"));
+                return Err(FrameError::Malformed(
+                    kind,
+                    "data length does not match the bitmap",
+                ));
             }
             Ok(Message::Pages(Pages {
                 first_page,
@@ -472,7 +506,10 @@ mod tests {
         let n = bytes.len();
         bytes[n - 1] ^= 1;
         let err = FrameReader::new(&bytes[..]).next_frame().unwrap_err();
-        assert!(matches!(err, FrameError::PayloadChecksum(Kind::State)), "{err}");
+        assert!(
+            matches!(err, FrameError::PayloadChecksum(Kind::State)),
+            "{err}"
+        );
     }
 
     #[test]
@@ -496,8 +533,16 @@ mod tests {
             w.send(Kind::Ack, &[]).unwrap();
             w.send(Kind::Ack, &[]).unwrap();
         });
-        let err = FrameReader::new(&bytes[HEADER_LEN..]).next_frame().unwrap_err();
-        assert!(matches!(err, FrameError::Sequence { expected: 0, found: 1 }));
+        let err = FrameReader::new(&bytes[HEADER_LEN..])
+            .next_frame()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::Sequence {
+                expected: 0,
+                found: 1
+            }
+        ));
     }
 
     #[test]
@@ -506,7 +551,10 @@ mod tests {
         // Bitmap says both pages are data, but only one is there.
         let bytes = stream(|w| w.send_pages(0, 2, &[0], &page).unwrap());
         let err = FrameReader::new(&bytes[..]).next_message().unwrap_err();
-        assert!(matches!(err, FrameError::Malformed(Kind::Pages, _)), "{err}");
+        assert!(
+            matches!(err, FrameError::Malformed(Kind::Pages, _)),
+            "{err}"
+        );
     }
 
     #[test]
@@ -520,7 +568,9 @@ mod tests {
     #[test]
     fn truncated_frame_is_a_closed_connection() {
         let bytes = stream(|w| w.send(Kind::State, &[b"0123456789"]).unwrap());
-        let err = FrameReader::new(&bytes[..bytes.len() - 4]).next_frame().unwrap_err();
+        let err = FrameReader::new(&bytes[..bytes.len() - 4])
+            .next_frame()
+            .unwrap_err();
         assert!(matches!(err, FrameError::Closed));
     }
 

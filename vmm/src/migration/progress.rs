@@ -196,7 +196,8 @@ impl MigrationProgress {
 
     pub(crate) fn set_remaining(&self, bytes: u64, downtime_ms: u64) {
         self.remaining_bytes.store(bytes, Ordering::Relaxed);
-        self.expected_downtime_ms.store(downtime_ms, Ordering::Relaxed);
+        self.expected_downtime_ms
+            .store(downtime_ms, Ordering::Relaxed);
     }
 
     pub(crate) fn set_throttle(&self, p: u8) {

@@ -110,10 +110,13 @@ impl MigrationUrl {
     pub fn listen(&self) -> Result<Listener, UrlError> {
         let err = |e| UrlError::Listen(self.to_string(), e);
         match self {
-            MigrationUrl::Unix(p) => Ok(Listener::Unix(UnixListener::bind(p).map_err(err)?, p.clone())),
-            MigrationUrl::Tcp { host, port } => {
-                Ok(Listener::Tcp(TcpListener::bind((host.as_str(), *port)).map_err(err)?))
-            }
+            MigrationUrl::Unix(p) => Ok(Listener::Unix(
+                UnixListener::bind(p).map_err(err)?,
+                p.clone(),
+            )),
+            MigrationUrl::Tcp { host, port } => Ok(Listener::Tcp(
+                TcpListener::bind((host.as_str(), *port)).map_err(err)?,
+            )),
         }
     }
 }
@@ -265,19 +268,36 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_with_the_expected_form() {
-        for bad in ["", "http://x", "unix:", "tcp:host", "tcp::80", "tcp:h:99999", "tcp:::1:80"] {
+        for bad in [
+            "",
+            "http://x",
+            "unix:",
+            "tcp:host",
+            "tcp::80",
+            "tcp:h:99999",
+            "tcp:::1:80",
+        ] {
             let err = MigrationUrl::parse(bad).unwrap_err();
-            assert!(err.to_string().contains("bad migration address"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("bad migration address"),
+                "{bad}: {err}"
+            );
         }
     }
 
     #[test]
     fn listening_twice_on_one_port_is_a_clear_error() {
-        let first = MigrationUrl::parse("tcp:127.0.0.1:0").unwrap().listen().unwrap();
+        let first = MigrationUrl::parse("tcp:127.0.0.1:0")
+            .unwrap()
+            .listen()
+            .unwrap();
         let port = first.tcp_port().unwrap();
         let url = MigrationUrl::parse(&format!("tcp:127.0.0.1:{port}")).unwrap();
         let err = url.listen().unwrap_err();
-        assert!(err.to_string().contains("cannot listen on tcp:127.0.0.1:"), "{err}");
+        assert!(
+            err.to_string().contains("cannot listen on tcp:127.0.0.1:"),
+            "{err}"
+        );
     }
 
     #[test]

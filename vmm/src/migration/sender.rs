@@ -1,0 +1,460 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The sending side: pre-copy, auto-converge, stop-and-copy, commit.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::frame::{FrameReader, FrameWriter, Hello, Kind, Message, MAX_CHUNK_PAGES, PAGE_SIZE};
+use super::progress::{MigrationProgress, MigrationReport, MigrationState};
+use super::url::{MigrationUrl, Stream};
+use super::{MigrationError, MigrationSource, SendOptions};
+use crate::snapshot::memory::is_zero;
+
+/// First throttle step of auto-converge, then the increment and the cap.
+const THROTTLE_INITIAL: u8 = 20;
+const THROTTLE_STEP: u8 = 10;
+const THROTTLE_MAX: u8 = 99;
+/// Link rate assumed until one is measured.
+const DEFAULT_RATE: u64 = 256 << 20;
+/// How long to wait for the destination's answer to the hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Writes that block this long mean the destination is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs of set bits in a dirty bitmap, at most `max` pages each.
+pub(crate) struct DirtyRuns<'a> {
+    bitmap: &'a [u64],
+    pages: u64,
+    next: u64,
+    max: u32,
+}
+
+impl<'a> DirtyRuns<'a> {
+    pub(crate) fn new(bitmap: &'a [u64], pages: u64, max: u32) -> Self {
+        DirtyRuns {
+            bitmap,
+            pages: pages.min(bitmap.len() as u64 * 64),
+            next: 0,
+            max,
+        }
+    }
+
+    fn is_set(&self, page: u64) -> bool {
+        self.bitmap[(page / 64) as usize] & (1 << (page % 64)) != 0
+    }
+}
+
+impl Iterator for DirtyRuns<'_> {
+    type Item = (u64, u32);
+
+    fn next(&mut self) -> Option<(u64, u32)> {
+        // Skip clear bits a word at a time.
+        while self.next < self.pages {
+            let word = self.bitmap[(self.next / 64) as usize] >> (self.next % 64);
+            if word == 0 {
+                self.next = (self.next / 64 + 1) * 64;
+                continue;
+            }
+            self.next += u64::from(word.trailing_zeros());
+            break;
+        }
+        if self.next >= self.pages {
+            return None;
+        }
+        let first = self.next;
+        let mut n = 0u32;
+        while self.next < self.pages && n < self.max && self.is_set(self.next) {
+            self.next += 1;
+            n += 1;
+        }
+        Some((first, n))
+    }
+}
+
+fn count_pages(bitmap: &[u64]) -> u64 {
+    bitmap.iter().map(|w| u64::from(w.count_ones())).sum()
+}
+
+struct Sender<'a> {
+    source: &'a dyn MigrationSource,
+    opts: &'a SendOptions,
+    progress: &'a MigrationProgress,
+    writer: FrameWriter<Stream>,
+    reader: FrameReader<Stream>,
+    start: Instant,
+    deadline: Instant,
+    ram_pages: u64,
+    buf: Vec<u8>,
+    report: MigrationReport,
+    paused: bool,
+    dirty_log: bool,
+    throttle: u8,
+}
+
+impl Sender<'_> {
+    fn check(&self) -> Result<(), MigrationError> {
+        if self.progress.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        if Instant::now() > self.deadline {
+            return Err(MigrationError::Timeout(self.opts.timeout_s));
+        }
+        Ok(())
+    }
+
+    /// A write failed: the destination may have said why before closing.
+    fn send_error(&mut self, e: std::io::Error) -> MigrationError {
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(500)));
+        if let Ok(Message::Abort(why)) = self.reader.next_message() {
+            return MigrationError::Rejected(why);
+        }
+        MigrationError::Send(e)
+    }
+
+    fn wait_ack(&mut self, timeout: Duration) -> Result<(), MigrationError> {
+        self.writer.flush().map_err(|e| self.send_error(e))?;
+        let t = timeout.max(Duration::from_millis(1));
+        let _ = self.reader.get_ref().set_read_timeout(Some(t));
+        match self.reader.next_message() {
+            Ok(Message::Ack) => Ok(()),
+            Ok(Message::Abort(why)) => Err(MigrationError::Rejected(why)),
+            Ok(other) => Err(MigrationError::Unexpected {
+                expected: "an acknowledgement",
+                got: format!("{other:?}").chars().take(80).collect(),
+            }),
+            Err(super::FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(MigrationError::NoAnswer(t.as_secs()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn hello(&mut self) -> Result<(), MigrationError> {
+        let hello = Hello {
+            ram_size: self.source.ram_size(),
+            page_size: PAGE_SIZE as u32,
+            local: self.opts.local,
+            config: self.source.config(),
+        };
+        let payload = serde_json::to_vec(&hello).map_err(super::FrameError::Hello)?;
+        if self.opts.local {
+            let frame = self.writer.encode(Kind::Hello, &[&payload]);
+            let unix =
+                self.writer.get_ref().as_unix().ok_or_else(|| {
+                    MigrationError::LocalNeedsUnix(self.opts.destination_url.clone())
+                })?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&self.source.ram_fd());
+            let sent = unix
+                .send_with_fd(&frame[..], fd)
+                .map_err(|e| MigrationError::Send(std::io::Error::from_raw_os_error(e.errno())))?;
+            let mut rest = unix;
+            rest.write_all(&frame[sent..])
+                .map_err(|e| self.send_error(e))?;
+        } else {
+            self.writer
+                .send(Kind::Hello, &[&payload])
+                .map_err(|e| self.send_error(e))?;
+        }
+        self.wait_ack(HELLO_TIMEOUT.min(self.remaining()))
+    }
+
+    /// Sends the pages set in `bitmap`; returns the bytes written.
+    fn send_pages(&mut self, bitmap: &[u64]) -> Result<u64, MigrationError> {
+        let before = self.writer.bytes;
+        let mut zero_map = [0u8; (MAX_CHUNK_PAGES / 8) as usize];
+        for (first, n) in DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES) {
+            self.check()?;
+            let len = n as usize * PAGE_SIZE;
+            let buf = &mut self.buf[..len];
+            self.source
+                .read_ram(first * PAGE_SIZE as u64, buf)
+                .map_err(|e| MigrationError::Vm("read its RAM", e))?;
+            zero_map.fill(0);
+            let mut kept = 0usize;
+            for i in 0..n as usize {
+                let at = i * PAGE_SIZE;
+                if is_zero(&buf[at..at + PAGE_SIZE]) {
+                    zero_map[i / 8] |= 1 << (i % 8);
+                    self.report.pages_zero += 1;
+                } else {
+                    if kept != i {
+                        buf.copy_within(at..at + PAGE_SIZE, kept * PAGE_SIZE);
+                    }
+                    kept += 1;
+                    self.report.pages_data += 1;
+                }
+            }
+            let map_len = (n as usize).div_ceil(8);
+            let res = self.writer.send_pages(
+                first,
+                n,
+                &zero_map[..map_len],
+                &self.buf[..kept * PAGE_SIZE],
+            );
+            res.map_err(|e| self.send_error(e))?;
+            self.progress.set_bytes_sent(self.writer.bytes);
+        }
+        Ok(self.writer.bytes - before)
+    }
+
+    fn pause(&mut self) -> Result<Instant, MigrationError> {
+        self.source
+            .pause()
+            .map_err(|e| MigrationError::Vm("pause", e))?;
+        self.paused = true;
+        Ok(Instant::now())
+    }
+
+    /// Sends the state, commits, and waits for the acknowledgement.
+    fn commit(&mut self, paused_at: Instant) -> Result<(), MigrationError> {
+        self.progress.set_state(MigrationState::StopAndCopy);
+        let state = self
+            .source
+            .save_state()
+            .map_err(|e| MigrationError::Vm("save its state", e))?;
+        let before = self.writer.bytes;
+        self.writer
+            .send(Kind::State, &[&state])
+            .map_err(|e| self.send_error(e))?;
+        self.report.bytes_state = self.writer.bytes - before;
+        self.writer
+            .send(Kind::Commit, &[])
+            .map_err(|e| self.send_error(e))?;
+        self.progress.set_state(MigrationState::Committing);
+        self.wait_ack(self.remaining())?;
+        let downtime = paused_at.elapsed();
+        self.report.downtime_ms = downtime.as_millis() as u64;
+        self.report.downtime_us = downtime.as_micros() as u64;
+        Ok(())
+    }
+
+    fn run_local(&mut self) -> Result<(), MigrationError> {
+        self.report.local = true;
+        let paused_at = self.pause()?;
+        self.commit(paused_at)
+    }
+
+    fn run_precopy(&mut self) -> Result<(), MigrationError> {
+        self.source
+            .start_dirty_log()
+            .map_err(|e| MigrationError::Vm("start dirty logging", e))?;
+        self.dirty_log = true;
+        self.progress.set_state(MigrationState::PreCopy);
+        let words = self.ram_pages.div_ceil(64) as usize;
+        let mut bitmap = vec![!0u64; words];
+        let mut rate = 0u64;
+        let mut iteration = 0u32;
+        loop {
+            self.progress.set_iteration(iteration);
+            let t0 = Instant::now();
+            let sent = self.send_pages(&bitmap)?;
+            self.writer
+                .send_iteration_end(iteration, count_pages(&bitmap))
+                .map_err(|e| self.send_error(e))?;
+            self.report.bytes_precopy += sent;
+            let took = t0.elapsed().max(Duration::from_micros(1));
+            if sent >= 4 << 20 || took >= Duration::from_millis(20) {
+                rate = (sent as f64 / took.as_secs_f64()) as u64;
+            }
+            let link = if rate == 0 { DEFAULT_RATE } else { rate.max(1) };
+            bitmap = self
+                .source
+                .take_dirty_bitmap()
+                .map_err(|e| MigrationError::Vm("read the dirty log", e))?;
+            bitmap.resize(words, 0);
+            let dirty_bytes = count_pages(&bitmap) * PAGE_SIZE as u64;
+            let dirty_rate = (dirty_bytes as f64 / took.as_secs_f64()) as u64;
+            let expected_ms = dirty_bytes.saturating_mul(1000) / link;
+            self.progress.set_rates(rate, dirty_rate);
+            self.progress.set_remaining(dirty_bytes, expected_ms);
+            if expected_ms <= self.opts.downtime_ms {
+                break;
+            }
+            self.check()?;
+            // Auto-converge: the guest dirties more than half of what the
+            // link carries in the same time.
+            if iteration >= 1 && dirty_rate > link / 2 && self.throttle < THROTTLE_MAX {
+                self.throttle = if self.throttle == 0 {
+                    THROTTLE_INITIAL
+                } else {
+                    (self.throttle + THROTTLE_STEP).min(THROTTLE_MAX)
+                };
+                self.report.throttle_max = self.throttle;
+                self.progress.set_throttle(self.throttle);
+                self.source.throttle(self.throttle);
+                log::info!(
+                    "migration: auto-converge throttles the guest to {}%",
+                    self.throttle
+                );
+            }
+            iteration += 1;
+        }
+        self.report.iterations = iteration;
+        let paused_at = self.pause()?;
+        self.progress.set_state(MigrationState::StopAndCopy);
+        let mut last = self
+            .source
+            .take_dirty_bitmap()
+            .map_err(|e| MigrationError::Vm("read the dirty log", e))?;
+        last.resize(words, 0);
+        for (w, b) in last.iter_mut().zip(&bitmap) {
+            *w |= b;
+        }
+        self.report.bytes_stop_and_copy = self.send_pages(&last)?;
+        self.commit(paused_at)
+    }
+
+    fn run(&mut self) -> Result<(), MigrationError> {
+        self.hello()?;
+        if self.opts.local {
+            self.run_local()
+        } else {
+            self.run_precopy()
+        }
+    }
+
+    /// Puts the source back the way it was before the migration.
+    fn roll_back(&mut self) {
+        if self.throttle != 0 {
+            self.source.throttle(0);
+        }
+        if self.dirty_log {
+            self.source.stop_dirty_log();
+        }
+        if self.paused {
+            if let Err(e) = self.source.resume() {
+                log::error!("migration failed and the VM cannot resume: {e}");
+            }
+        }
+    }
+}
+
+/// Migrates the VM behind `source` to `opts.destination_url`, updating
+/// `progress` as it goes.
+///
+/// `Ok`: the destination committed and runs the VM; the source is left
+/// paused and must stop. `Err`: the source runs on (it was resumed if it had
+/// been paused); the error says why the migration failed.
+pub fn send(
+    source: &dyn MigrationSource,
+    opts: &SendOptions,
+    progress: &MigrationProgress,
+) -> Result<MigrationReport, MigrationError> {
+    progress.begin(source.ram_size());
+    let result = send_inner(source, opts, progress);
+    match &result {
+        Ok(report) => progress.complete(report.clone()),
+        Err(e) => progress.fail(
+            super::error_chain(e),
+            matches!(e, MigrationError::Cancelled),
+        ),
+    }
+    result
+}
+
+fn send_inner(
+    source: &dyn MigrationSource,
+    opts: &SendOptions,
+    progress: &MigrationProgress,
+) -> Result<MigrationReport, MigrationError> {
+    let start = Instant::now();
+    let url = MigrationUrl::parse(&opts.destination_url)?;
+    if opts.local && !url.is_unix() {
+        return Err(MigrationError::LocalNeedsUnix(opts.destination_url.clone()));
+    }
+    let stream = url.connect()?;
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let read_half = stream.try_clone().map_err(MigrationError::Send)?;
+    let ram_pages = source.ram_size() / PAGE_SIZE as u64;
+    let mut s = Sender {
+        source,
+        opts,
+        progress,
+        writer: FrameWriter::new(stream),
+        reader: FrameReader::new(read_half),
+        start,
+        deadline: start + Duration::from_secs(opts.timeout_s),
+        ram_pages,
+        buf: vec![0u8; MAX_CHUNK_PAGES as usize * PAGE_SIZE],
+        report: MigrationReport::default(),
+        paused: false,
+        dirty_log: false,
+        throttle: 0,
+    };
+    match s.run() {
+        Ok(()) => {
+            if s.dirty_log {
+                source.stop_dirty_log();
+            }
+            s.report.bytes_total = s.writer.bytes;
+            s.report.total_ms = s.start.elapsed().as_millis() as u64;
+            progress.set_bytes_sent(s.writer.bytes);
+            Ok(s.report)
+        }
+        Err(e) => {
+            // Tell the destination, if it still listens, then roll back.
+            let reason = super::error_chain(&e);
+            let _ = s.writer.send(Kind::Abort, &[reason.as_bytes()]);
+            let _ = s.writer.flush();
+            s.writer.get_ref().shutdown();
+            s.roll_back();
+            Err(e)
+        }
+    }
+}
+
+/// Runs [`send`] on a new thread and calls `done` with its result there.
+pub fn spawn_send<F>(
+    source: Arc<dyn MigrationSource + Send + Sync>,
+    opts: SendOptions,
+    progress: Arc<MigrationProgress>,
+    done: F,
+) -> Result<std::thread::JoinHandle<()>, MigrationError>
+where
+    F: FnOnce(Result<MigrationReport, MigrationError>) + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("migration-send".into())
+        .spawn(move || done(send(source.as_ref(), &opts, &progress)))
+        .map_err(MigrationError::Thread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_runs_split_at_clear_bits_and_at_the_cap() {
+        // Pages 1,2,3 and 64..=69 set; cap of 4 pages per run.
+        let bitmap = [0b1110u64, 0b11_1111];
+        let runs: Vec<_> = DirtyRuns::new(&bitmap, 128, 4).collect();
+        assert_eq!(runs, vec![(1, 3), (64, 4), (68, 2)]);
+    }
+
+    #[test]
+    fn dirty_runs_stop_at_the_ram_end() {
+        let bitmap = [!0u64];
+        let runs: Vec<_> = DirtyRuns::new(&bitmap, 10, 256).collect();
+        assert_eq!(runs, vec![(0, 10)]);
+    }
+
+    #[test]
+    fn empty_bitmap_has_no_runs() {
+        assert_eq!(DirtyRuns::new(&[0, 0], 128, 256).count(), 0);
+    }
+}

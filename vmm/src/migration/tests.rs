@@ -1,0 +1,496 @@
+// SPDX-License-Identifier: Apache-2.0
+//! End-to-end tests of sender and receiver over real sockets, with the
+//! fake VM of [`super::fake`].
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::fake::{FakeTarget, FakeVm};
+use super::frame::{FrameReader, FrameWriter, Kind, Message, STREAM_VERSION};
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+fn sock_path(name: &str) -> String {
+    let p = std::env::temp_dir().join(format!("shoal-mig-{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p.display().to_string()
+}
+
+type ReceiverThread = JoinHandle<(Result<ReceiveReport, MigrationError>, FakeTarget)>;
+
+/// Binds `url` and receives one VM into a fresh fake target on a thread.
+fn spawn_receiver(url: &str, target: FakeTarget) -> (ReceiverThread, String) {
+    let url = MigrationUrl::parse(url).unwrap();
+    let listener = url.listen().unwrap();
+    let url = match listener.tcp_port() {
+        Some(port) => format!("tcp:127.0.0.1:{port}"),
+        None => url.to_string(),
+    };
+    let t = std::thread::spawn(move || {
+        let mut target = target;
+        let stream = listener.accept().unwrap();
+        let r = receive(stream, &mut target);
+        (r, target)
+    });
+    (t, url)
+}
+
+fn opts(url: &str) -> SendOptions {
+    SendOptions {
+        timeout_s: 60,
+        ..SendOptions::new(url)
+    }
+}
+
+fn assert_migrated(vm: &FakeVm, target: &FakeTarget) {
+    assert!(target.started, "destination did not start");
+    assert_eq!(
+        target.state.as_deref(),
+        Some(&b"{\"fake\":\"vm state\"}"[..])
+    );
+    assert!(
+        vm.ram_bytes().unwrap() == target.ram_bytes().unwrap(),
+        "RAM differs"
+    );
+    assert!(vm.is_paused(), "source must stay paused after commit");
+    assert_eq!(vm.pause_resume_counts(), (1, 0));
+}
+
+fn assert_source_runs(vm: &FakeVm) {
+    assert!(!vm.is_paused(), "source must run after a failed migration");
+    let (p, r) = vm.pause_resume_counts();
+    assert_eq!(p, r, "every pause must be matched by a resume");
+    assert_eq!(vm.throttle_percent(), 0, "throttle must be lifted");
+}
+
+#[test]
+fn idle_vm_migrates_over_unix_with_equal_ram() {
+    let vm = FakeVm::new(16 * MIB).unwrap();
+    vm.fill(3).unwrap();
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("idle")),
+        FakeTarget::default(),
+    );
+    let progress = MigrationProgress::default();
+    let report = send(vm.as_ref(), &opts(&url), &progress).unwrap();
+    let (res, target) = rx.join().unwrap();
+    let got = res.unwrap();
+    assert_migrated(&vm, &target);
+    assert_eq!(report.pages_data, (16 * MIB / 4096).div_ceil(3));
+    assert_eq!(got.pages_data, report.pages_data);
+    assert!(report.pages_zero > 0);
+    assert_eq!(progress.status().state, MigrationState::Completed);
+    assert_eq!(progress.status().report, Some(report));
+}
+
+#[test]
+fn idle_vm_migrates_over_tcp_loopback_with_equal_ram() {
+    let vm = FakeVm::new(8 * MIB).unwrap();
+    vm.fill(2).unwrap();
+    let (rx, url) = spawn_receiver("tcp:127.0.0.1:0", FakeTarget::default());
+    send(vm.as_ref(), &opts(&url), &MigrationProgress::default()).unwrap();
+    let (res, target) = rx.join().unwrap();
+    res.unwrap();
+    assert_migrated(&vm, &target);
+}
+
+#[test]
+fn zero_pages_rewritten_during_precopy_arrive_as_zero() {
+    // Destination RAM starts non-zero where the source is zero: the zero
+    // flags must clear it.
+    let vm = FakeVm::new(4 * MIB).unwrap();
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("zero")),
+        FakeTarget::default(),
+    );
+    send(vm.as_ref(), &opts(&url), &MigrationProgress::default()).unwrap();
+    let (res, target) = rx.join().unwrap();
+    let got = res.unwrap();
+    assert_eq!(got.pages_zero, 4 * MIB / 4096);
+    assert_eq!(got.pages_data, 0);
+    assert_migrated(&vm, &target);
+}
+
+#[test]
+fn busy_guest_converges_and_ram_matches() {
+    let vm = FakeVm::new(32 * MIB).unwrap();
+    vm.fill(1).unwrap();
+    let dirtier = vm.start_dirtier(100, 1024, Some(20_000));
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("busy")),
+        FakeTarget::default(),
+    );
+    let report = send(vm.as_ref(), &opts(&url), &MigrationProgress::default()).unwrap();
+    let (res, target) = rx.join().unwrap();
+    res.unwrap();
+    assert!(dirtier.pages_written() > 0);
+    assert_migrated(&vm, &target);
+    assert!(report.bytes_stop_and_copy > 0 || report.iterations > 0);
+}
+
+#[test]
+fn fast_dirtier_is_throttled_until_it_converges() {
+    let vm = FakeVm::new(32 * MIB).unwrap();
+    vm.fill(1).unwrap();
+    let _dirtier = vm.start_dirtier(0, 32 * MIB / 4096, None);
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("fast")),
+        FakeTarget::default(),
+    );
+    let o = SendOptions {
+        downtime_ms: 1,
+        ..opts(&url)
+    };
+    let report = send(vm.as_ref(), &o, &MigrationProgress::default()).unwrap();
+    let (res, target) = rx.join().unwrap();
+    res.unwrap();
+    assert!(report.throttle_max >= 20, "{report:?}");
+    assert_migrated(&vm, &target);
+}
+
+#[test]
+fn local_migration_hands_over_the_memfd() {
+    let vm = FakeVm::new(64 * MIB).unwrap();
+    vm.fill(7).unwrap();
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("local")),
+        FakeTarget::default(),
+    );
+    let o = SendOptions {
+        local: true,
+        ..opts(&url)
+    };
+    let report = send(vm.as_ref(), &o, &MigrationProgress::default()).unwrap();
+    let (res, target) = rx.join().unwrap();
+    assert!(res.unwrap().local);
+    assert!(report.local);
+    assert!(report.bytes_total < MIB, "RAM must not be copied");
+    assert_migrated(&vm, &target);
+    // It is the same memory, not a copy.
+    vm.write(4096, b"after").unwrap();
+    assert_eq!(&target.ram_bytes().unwrap()[4096..4101], b"after");
+}
+
+#[test]
+fn local_migration_over_tcp_is_refused_before_connecting() {
+    let vm = FakeVm::new(MIB).unwrap();
+    let o = SendOptions {
+        local: true,
+        ..opts("tcp:127.0.0.1:1")
+    };
+    let err = send(vm.as_ref(), &o, &MigrationProgress::default()).unwrap_err();
+    assert!(matches!(err, MigrationError::LocalNeedsUnix(_)), "{err}");
+    assert_source_runs(&vm);
+}
+
+#[test]
+fn destination_rejecting_the_state_leaves_the_source_running() {
+    let vm = FakeVm::new(4 * MIB).unwrap();
+    vm.fill(5).unwrap();
+    let target = FakeTarget {
+        fail_restore: true,
+        ..Default::default()
+    };
+    let (rx, url) = spawn_receiver(&format!("unix:{}", sock_path("reject")), target);
+    let progress = MigrationProgress::default();
+    let err = send(vm.as_ref(), &opts(&url), &progress).unwrap_err();
+    let (res, target) = rx.join().unwrap();
+    assert!(res.is_err());
+    assert!(!target.started);
+    assert!(
+        matches!(err, MigrationError::Rejected(ref why) if why.contains("does not fit")),
+        "{err}"
+    );
+    assert_source_runs(&vm);
+    assert_eq!(vm.pause_resume_counts(), (1, 1));
+    let status = progress.status();
+    assert_eq!(status.state, MigrationState::Failed);
+    assert!(status.error.unwrap().contains("does not fit"));
+}
+
+/// A man in the middle between sender and receiver: forwards both ways,
+/// and on the sender's side flips byte `corrupt_at` or cuts the connection
+/// after `cut_after` bytes.
+fn spawn_proxy(to: String, corrupt_at: Option<u64>, cut_after: Option<u64>) -> String {
+    let path = sock_path(&format!(
+        "proxy-{}-{}",
+        corrupt_at.unwrap_or(0),
+        cut_after.unwrap_or(0)
+    ));
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let (mut from_sender, _) = listener.accept().unwrap();
+        let to_path = to.strip_prefix("unix:").unwrap().to_string();
+        let mut to_receiver = UnixStream::connect(to_path).unwrap();
+        let mut back_from = to_receiver.try_clone().unwrap();
+        let mut back_to = from_sender.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_from, &mut back_to);
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        let mut pos = 0u64;
+        loop {
+            let n = match from_sender.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(at) = corrupt_at {
+                if at >= pos && at < pos + n as u64 {
+                    buf[(at - pos) as usize] ^= 0x10;
+                }
+            }
+            if let Some(cut) = cut_after {
+                if pos + n as u64 >= cut {
+                    let _ = to_receiver.shutdown(std::net::Shutdown::Both);
+                    let _ = from_sender.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+            }
+            if to_receiver.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            pos += n as u64;
+        }
+    });
+    format!("unix:{path}")
+}
+
+#[test]
+fn corrupt_frame_is_refused_and_the_source_resumes() {
+    let vm = FakeVm::new(16 * MIB).unwrap();
+    vm.fill(1).unwrap();
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("corrupt")),
+        FakeTarget::default(),
+    );
+    let proxy = spawn_proxy(url, Some(3 * MIB + 123), None);
+    let err = send(vm.as_ref(), &opts(&proxy), &MigrationProgress::default()).unwrap_err();
+    let (res, target) = rx.join().unwrap();
+    let rerr = res.unwrap_err();
+    assert!(
+        error_chain(&rerr).contains("checksum mismatch"),
+        "{}",
+        error_chain(&rerr)
+    );
+    assert!(!target.started);
+    assert!(
+        error_chain(&err).contains("checksum mismatch") || matches!(err, MigrationError::Send(_)),
+        "{}",
+        error_chain(&err)
+    );
+    assert_source_runs(&vm);
+}
+
+#[test]
+fn connection_cut_mid_stream_leaves_the_source_running() {
+    let vm = FakeVm::new(16 * MIB).unwrap();
+    vm.fill(1).unwrap();
+    let (rx, url) = spawn_receiver(&format!("unix:{}", sock_path("cut")), FakeTarget::default());
+    let proxy = spawn_proxy(url, None, Some(5 * MIB));
+    let err = send(vm.as_ref(), &opts(&proxy), &MigrationProgress::default()).unwrap_err();
+    let (res, target) = rx.join().unwrap();
+    assert!(matches!(
+        res,
+        Err(MigrationError::Frame(FrameError::Closed))
+    ));
+    assert!(!target.started);
+    assert!(!error_chain(&err).is_empty());
+    assert_source_runs(&vm);
+}
+
+#[test]
+fn destination_dying_before_commit_leaves_the_source_running() {
+    // A destination that takes the hello and RAM, then vanishes at the commit.
+    let path = sock_path("die");
+    let listener = UnixListener::bind(&path).unwrap();
+    let t = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut w = FrameWriter::new(s.try_clone().unwrap());
+        let mut r = FrameReader::new(s);
+        loop {
+            match r.next_message() {
+                Ok(Message::Hello(_)) => {
+                    w.send(Kind::Ack, &[]).unwrap();
+                    w.flush().unwrap();
+                }
+                Ok(Message::Commit) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // Dropping both halves closes the connection: "kill -9".
+    });
+    let vm = FakeVm::new(4 * MIB).unwrap();
+    vm.fill(2).unwrap();
+    let err = send(
+        vm.as_ref(),
+        &opts(&format!("unix:{path}")),
+        &MigrationProgress::default(),
+    )
+    .unwrap_err();
+    t.join().unwrap();
+    assert!(
+        matches!(err, MigrationError::Frame(FrameError::Closed)),
+        "{}",
+        error_chain(&err)
+    );
+    assert_source_runs(&vm);
+    assert_eq!(vm.pause_resume_counts(), (1, 1));
+}
+
+#[test]
+fn destination_of_another_version_is_reported_with_both_versions() {
+    let path = sock_path("version");
+    let listener = UnixListener::bind(&path).unwrap();
+    let t = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut w = FrameWriter::new(s.try_clone().unwrap());
+        let mut r = FrameReader::new(s);
+        let _ = r.next_frame();
+        w.send_with_version(Kind::Ack, &[], STREAM_VERSION + 1)
+            .unwrap();
+        w.flush().unwrap();
+    });
+    let vm = FakeVm::new(MIB).unwrap();
+    let err = send(
+        vm.as_ref(),
+        &opts(&format!("unix:{path}")),
+        &MigrationProgress::default(),
+    )
+    .unwrap_err();
+    t.join().unwrap();
+    assert!(
+        error_chain(&err).contains("stream version 2"),
+        "{}",
+        error_chain(&err)
+    );
+    assert_source_runs(&vm);
+}
+
+#[test]
+fn receiver_refuses_a_sender_of_another_version() {
+    let path = sock_path("rversion");
+    let (rx, _) = spawn_receiver(&format!("unix:{path}"), FakeTarget::default());
+    let s = UnixStream::connect(&path).unwrap();
+    let mut w = FrameWriter::new(s.try_clone().unwrap());
+    w.send_with_version(Kind::Hello, b"{}", 9).unwrap();
+    w.flush().unwrap();
+    let (res, target) = rx.join().unwrap();
+    let err = res.unwrap_err();
+    assert!(
+        error_chain(&err).contains("stream version 9 is not supported"),
+        "{}",
+        error_chain(&err)
+    );
+    assert!(!target.started);
+    // The sender is told why.
+    let mut r = FrameReader::new(s);
+    assert!(matches!(r.next_message(), Ok(Message::Abort(why)) if why.contains("version 9")));
+}
+
+#[test]
+fn receiver_refuses_pages_outside_ram() {
+    let path = sock_path("range");
+    let (rx, _) = spawn_receiver(&format!("unix:{path}"), FakeTarget::default());
+    let s = UnixStream::connect(&path).unwrap();
+    let mut w = FrameWriter::new(s.try_clone().unwrap());
+    let hello = serde_json::to_vec(&Hello {
+        ram_size: MIB,
+        page_size: 4096,
+        local: false,
+        config: serde_json::json!({}),
+    })
+    .unwrap();
+    w.send(Kind::Hello, &[&hello]).unwrap();
+    w.send_pages(255, 2, &[0b11], &[]).unwrap();
+    w.flush().unwrap();
+    let (res, _) = rx.join().unwrap();
+    assert!(matches!(
+        res,
+        Err(MigrationError::PageOutOfRange { first: 255, .. })
+    ));
+}
+
+#[test]
+fn cancel_stops_the_migration_and_the_source_runs_on() {
+    let vm = FakeVm::new(16 * MIB).unwrap();
+    let _dirtier = vm.start_dirtier(0, 16 * MIB / 4096, None);
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("cancel")),
+        FakeTarget::default(),
+    );
+    let progress = Arc::new(MigrationProgress::default());
+    let p2 = progress.clone();
+    let canceller = std::thread::spawn(move || {
+        while !p2.state().is_active() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        p2.cancel();
+    });
+    // downtime 0: never converges while the guest writes.
+    let o = SendOptions {
+        downtime_ms: 0,
+        ..opts(&url)
+    };
+    let err = send(vm.as_ref(), &o, &progress).unwrap_err();
+    canceller.join().unwrap();
+    let (res, target) = rx.join().unwrap();
+    assert!(matches!(err, MigrationError::Cancelled), "{err}");
+    assert!(matches!(res, Err(MigrationError::Aborted(_))), "{res:?}");
+    assert!(!target.started);
+    assert_eq!(progress.status().state, MigrationState::Cancelled);
+    assert_source_runs(&vm);
+}
+
+#[test]
+fn timeout_stops_the_migration_and_the_source_runs_on() {
+    let vm = FakeVm::new(8 * MIB).unwrap();
+    let _dirtier = vm.start_dirtier(0, 8 * MIB / 4096, None);
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("timeout")),
+        FakeTarget::default(),
+    );
+    let o = SendOptions {
+        downtime_ms: 0,
+        timeout_s: 1,
+        ..SendOptions::new(&url)
+    };
+    let err = send(vm.as_ref(), &o, &MigrationProgress::default()).unwrap_err();
+    let (res, _) = rx.join().unwrap();
+    assert!(res.is_err());
+    assert!(matches!(err, MigrationError::Timeout(1)), "{err}");
+    assert_source_runs(&vm);
+}
+
+#[test]
+fn fuzz_stream_survives_truncations_of_a_real_stream() {
+    let mut bytes = Vec::new();
+    {
+        let mut w = FrameWriter::new(&mut bytes);
+        let hello = serde_json::to_vec(&Hello {
+            ram_size: MIB,
+            page_size: 4096,
+            local: false,
+            config: serde_json::json!({}),
+        })
+        .unwrap();
+        w.send(Kind::Hello, &[&hello]).unwrap();
+        w.send_pages(0, 2, &[0b10], &[7u8; 4096]).unwrap();
+        w.send_iteration_end(0, 2).unwrap();
+        w.send(Kind::State, &[b"s"]).unwrap();
+        w.send(Kind::Commit, &[]).unwrap();
+        w.flush().unwrap();
+    }
+    for cut in 0..bytes.len() {
+        fuzz_stream(&bytes[..cut]);
+    }
+    let mut flipped = bytes.clone();
+    for i in (0..flipped.len()).step_by(97) {
+        flipped[i] ^= 0xff;
+        fuzz_stream(&flipped);
+    }
+}
