@@ -82,3 +82,8 @@ pub fn send_self(vector: u8) -> bool {
     mmio_write32(reg(REG_ICR_LOW), ICR_DEST_SELF | u32::from(vector));
     wait_idle()
 }
+
+/// Writes a local APIC register of the calling CPU (offset from the base).
+pub fn write_reg(offset: u64, value: u32) {
+    mmio_write32(reg(offset), value);
+}

@@ -38,6 +38,28 @@ impl<'a> Args<'a> {
             .last()
     }
 
+    /// The value of `<scope>.<key>=` if given, else of `<key>=`: lets
+    /// several steps of one scenario take different values of one key
+    /// (`op=write,await await.offset=0x10`).
+    pub fn get_scoped(&self, scope: &[u8], key: &str) -> Option<&'a [u8]> {
+        let key = key.as_bytes();
+        let scoped = self
+            .words()
+            .filter_map(|word| {
+                let eq = word.iter().position(|&b| b == b'=')?;
+                let (k, rest) = word.split_at(eq);
+                let (s, dot_key) = k.split_at(k.iter().position(|&b| b == b'.')?);
+                (s == scope && dot_key.get(1..) == Some(key)).then(|| rest.get(1..).unwrap_or(&[]))
+            })
+            .last();
+        scoped.or_else(|| self.get(core::str::from_utf8(key).unwrap_or("")))
+    }
+
+    /// [`Args::get_scoped`] as an unsigned number.
+    pub fn get_scoped_u64(&self, scope: &[u8], key: &str) -> Option<u64> {
+        parse_u64(self.get_scoped(scope, key)?)
+    }
+
     /// The value of `key` as an unsigned number (decimal, or hex with `0x`).
     #[allow(dead_code)] // For scenarios with numeric arguments.
     pub fn get_u64(&self, key: &str) -> Option<u64> {
@@ -104,6 +126,16 @@ mod tests {
     #[test]
     fn empty_value_is_present_but_empty() {
         assert_eq!(Args::new(b"scenario=").get("scenario"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn scoped_key_wins_over_the_plain_one() {
+        let args = Args::new(b"offset=8 await.offset=0x10 read.len=16");
+        assert_eq!(args.get_scoped_u64(b"await", "offset"), Some(0x10));
+        assert_eq!(args.get_scoped_u64(b"write", "offset"), Some(8));
+        assert_eq!(args.get_scoped_u64(b"read", "len"), Some(16));
+        assert_eq!(args.get_scoped_u64(b"read", "offset"), Some(8));
+        assert_eq!(args.get_scoped(b"x", "missing"), None);
     }
 
     #[test]

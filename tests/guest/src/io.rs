@@ -2,11 +2,14 @@
 //! Port I/O, physical memory and MMIO access.
 //!
 //! The whole guest runs on an identity map of the first 4 GiB, so a
-//! guest-physical address below [`PHYS_LIMIT`] is also a valid pointer.
+//! guest-physical address below [`PHYS_LIMIT`] is also a valid pointer;
+//! ranges above it are valid once `paging::map` has mapped them.
 //! Every access is a single volatile integer load or store, which KVM's
 //! instruction emulator handles.
 
 use core::arch::asm;
+
+use crate::paging;
 
 /// End of the identity-mapped physical range.
 pub const PHYS_LIMIT: u64 = 1 << 32;
@@ -58,16 +61,21 @@ pub fn inl(port: u16) -> u32 {
 
 /// Whether `len` bytes at physical address `addr` lie in the identity map.
 pub fn phys_range_ok(addr: u64, len: u64) -> bool {
-    addr != 0 && addr.checked_add(len).is_some_and(|end| end <= PHYS_LIMIT)
+    paging::is_mapped(addr, len)
+}
+
+/// Whether `len` bytes at `addr` are mapped (the fast path first).
+fn mapped(addr: u64, len: u64) -> bool {
+    addr.checked_add(len).is_some_and(|end| end <= PHYS_LIMIT) || paging::is_mapped(addr, len)
 }
 
 /// Reads a byte of physical memory; addresses outside the identity map read
 /// as all-ones, like a bus with nothing behind it.
 pub fn phys_read8(addr: u64) -> u8 {
-    if addr >= PHYS_LIMIT {
+    if !mapped(addr, 1) {
         return 0xff;
     }
-    // SAFETY: `addr` is below 4 GiB, which is identity-mapped; a byte read of
+    // SAFETY: `addr` is identity-mapped (checked above); a byte read of
     // RAM or MMIO cannot violate Rust's aliasing rules for data we own.
     unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
@@ -96,7 +104,7 @@ pub fn phys_read64(addr: u64) -> u64 {
 
 /// Writes a byte of physical memory; writes outside the identity map are dropped.
 pub fn phys_write8(addr: u64, value: u8) {
-    if addr >= PHYS_LIMIT {
+    if !mapped(addr, 1) {
         return;
     }
     // SAFETY: `addr` is identity-mapped; callers pass addresses of free
@@ -107,7 +115,7 @@ pub fn phys_write8(addr: u64, value: u8) {
 /// Reads an aligned 32-bit MMIO register (all-ones outside the identity map
 /// or when misaligned).
 pub fn mmio_read32(addr: u64) -> u32 {
-    if addr >= PHYS_LIMIT - 3 || !addr.is_multiple_of(4) {
+    if !mapped(addr, 4) || !addr.is_multiple_of(4) {
         return u32::MAX;
     }
     // SAFETY: aligned and identity-mapped (uncached for the MMIO range).
@@ -117,7 +125,7 @@ pub fn mmio_read32(addr: u64) -> u32 {
 /// Writes an aligned 32-bit MMIO register (dropped outside the identity map
 /// or when misaligned).
 pub fn mmio_write32(addr: u64, value: u32) {
-    if addr >= PHYS_LIMIT - 3 || !addr.is_multiple_of(4) {
+    if !mapped(addr, 4) || !addr.is_multiple_of(4) {
         return;
     }
     // SAFETY: as for `mmio_read32`.
@@ -126,7 +134,7 @@ pub fn mmio_write32(addr: u64, value: u32) {
 
 /// Writes an aligned 16-bit MMIO register (dropped when out of range or misaligned).
 pub fn mmio_write16(addr: u64, value: u16) {
-    if addr >= PHYS_LIMIT - 1 || !addr.is_multiple_of(2) {
+    if !mapped(addr, 2) || !addr.is_multiple_of(2) {
         return;
     }
     // SAFETY: as for `mmio_read32`.
@@ -135,7 +143,7 @@ pub fn mmio_write16(addr: u64, value: u16) {
 
 /// Writes an aligned 64-bit MMIO register (dropped when out of range or misaligned).
 pub fn mmio_write64(addr: u64, value: u64) {
-    if addr >= PHYS_LIMIT - 7 || !addr.is_multiple_of(8) {
+    if !mapped(addr, 8) || !addr.is_multiple_of(8) {
         return;
     }
     // SAFETY: as for `mmio_read32`.

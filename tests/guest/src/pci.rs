@@ -3,7 +3,7 @@
 //! ECAM (MMIO, from the MCFG), and a scan of bus 0.
 
 use crate::acpi::Mcfg;
-use crate::io::{inl, mmio_read32, outl};
+use crate::io::{inl, mmio_read32, mmio_write16, mmio_write32, outl, outw};
 
 const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
@@ -43,17 +43,10 @@ impl Bdf {
                 Ok(offset) => self.read32(offset),
                 Err(_) => u32::MAX,
             },
-            Access::Ecam(mcfg) => {
-                if self.bus < mcfg.start_bus || self.bus > mcfg.end_bus {
-                    return u32::MAX;
-                }
-                let addr = mcfg.base
-                    + (u64::from(self.bus) << 20)
-                    + (u64::from(self.device & 0x1f) << 15)
-                    + (u64::from(self.function & 0x7) << 12)
-                    + u64::from(offset & 0xffc);
-                mmio_read32(addr)
-            }
+            Access::Ecam(mcfg) => match self.ecam_address(&mcfg, offset & !3) {
+                Some(addr) => mmio_read32(addr),
+                None => u32::MAX,
+            },
         }
     }
 
@@ -72,10 +65,64 @@ impl Bdf {
     }
 
     /// Writes the aligned config dword at `offset`.
-    #[allow(dead_code)] // For device scenarios (BARs, command register).
     pub fn write32(&self, offset: u8, value: u32) {
         outl(CONFIG_ADDRESS, self.address(offset));
         outl(CONFIG_DATA, value);
+    }
+
+    /// Writes the aligned config dword at `offset` through `access`
+    /// (dropped for a bus outside the ECAM window).
+    pub fn write32_via(&self, access: Access, offset: u16, value: u32) {
+        match access {
+            Access::Port => {
+                if let Ok(offset) = u8::try_from(offset) {
+                    self.write32(offset, value);
+                }
+            }
+            Access::Ecam(mcfg) => {
+                if let Some(addr) = self.ecam_address(&mcfg, offset) {
+                    mmio_write32(addr, value);
+                }
+            }
+        }
+    }
+
+    /// Writes the aligned config word (16 bits) at `offset` through
+    /// `access`, without touching the other half of its dword (which may
+    /// hold write-1-to-clear bits, like the status register).
+    pub fn write16_via(&self, access: Access, offset: u16, value: u16) {
+        match access {
+            Access::Port => {
+                if let Ok(offset) = u8::try_from(offset) {
+                    outl(CONFIG_ADDRESS, self.address(offset));
+                    outw(CONFIG_DATA + u16::from(offset & 2), value);
+                }
+            }
+            Access::Ecam(mcfg) => {
+                if let Some(addr) = self.ecam_address(&mcfg, offset & !1) {
+                    mmio_write16(addr, value);
+                }
+            }
+        }
+    }
+
+    /// Reads the config word (16 bits) at `offset` through `access`.
+    pub fn read16_via(&self, access: Access, offset: u16) -> u16 {
+        (self.read32_via(access, offset) >> (8 * u32::from(offset & 2))) as u16
+    }
+
+    fn ecam_address(&self, mcfg: &Mcfg, offset: u16) -> Option<u64> {
+        if self.bus < mcfg.start_bus || self.bus > mcfg.end_bus || offset >= 0x1000 {
+            return None;
+        }
+        Some(
+            mcfg.base
+                + (u64::from(self.bus) << 20)
+                + (u64::from(self.device & 0x1f) << 15)
+                + (u64::from(self.function & 0x7) << 12)
+                + u64::from(offset & 0xffc)
+                + u64::from(offset & 3),
+        )
     }
 }
 
@@ -135,11 +182,11 @@ pub fn scan_bus0_via(access: Access, mut visit: impl FnMut(&Function)) {
     }
 }
 
-/// The first function on bus 0 with this vendor and device ID.
-#[allow(dead_code)] // For device scenarios.
-pub fn find(vendor: u16, device: u16) -> Option<Function> {
+/// The first function on bus 0 with this vendor and device ID, through
+/// `access`.
+pub fn find_via(access: Access, vendor: u16, device: u16) -> Option<Function> {
     let mut found = None;
-    scan_bus0(|f| {
+    scan_bus0_via(access, |f| {
         if found.is_none() && f.vendor == vendor && f.device == device {
             found = Some(*f);
         }

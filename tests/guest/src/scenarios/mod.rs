@@ -11,6 +11,8 @@
 mod boot;
 mod fault;
 mod irq;
+mod shm;
+mod shm_sync;
 
 use crate::acpi::{Fadt, Madt, Mcfg};
 use crate::cmdline::Args;
@@ -54,6 +56,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "fault",
         run: fault::run,
+    },
+    Scenario {
+        name: "shm",
+        run: shm::run,
     },
 ];
 
