@@ -27,12 +27,67 @@ const PVM_SIGNATURE: u64 = 0x4d_5650;
 pub(crate) enum Start<'a> {
     /// Load the kernel and boot it.
     Fresh,
-    /// Continue from a saved state; `fill_ram` writes the saved RAM into the
-    /// fresh guest memory file before any vCPU runs.
+    /// Continue from a saved state, with RAM from `ram`.
     Restore {
         state: &'a VmSnapshot,
-        fill_ram: &'a dyn Fn(&GuestRam) -> Result<(), Error>,
+        ram: RamSource<'a>,
     },
+}
+
+/// Where a restored VM's RAM comes from.
+pub(crate) enum RamSource<'a> {
+    /// A fresh memfd that this fills before any vCPU runs.
+    Fill(&'a dyn Fn(&GuestRam) -> Result<(), Error>),
+    /// This memfd already holds it (incoming migration).
+    File(std::fs::File),
+}
+
+/// A VM whose vCPUs exist but do not run yet.
+pub(crate) struct BuiltVm {
+    vm: Arc<dyn Vm>,
+    ram: GuestRam,
+    devices: Arc<DeviceManager>,
+    shared: Vec<shmem::ShmemDevice>,
+    vcpus: Vec<Box<dyn Vcpu>>,
+    config: VmConfig,
+    msr_indices: Vec<u32>,
+}
+
+impl BuiltVm {
+    /// Starts one thread per vCPU.
+    pub(crate) fn start(self, events: &Sender<VmEvent>) -> Result<RunningVm, Error> {
+        let run = Arc::new(RunState::default());
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (id, vcpu) in (0u32..).zip(self.vcpus) {
+            let t = VcpuThread::spawn(id, vcpu, self.devices.clone(), run.clone(), events.clone())
+                .map_err(Error::Thread)?;
+            threads.push(t);
+        }
+        Ok(RunningVm {
+            threads: std::sync::Mutex::new(threads),
+            run,
+            shared: self.shared,
+            devices: self.devices,
+            ram: self.ram,
+            vm: self.vm,
+            config: self.config,
+            msr_indices: self.msr_indices,
+        })
+    }
+}
+
+/// Builds the VM of `config` and starts it.
+pub(crate) fn boot(
+    hyp: &KvmHypervisor,
+    config: &VmConfig,
+    events: &Sender<VmEvent>,
+    start: Start<'_>,
+) -> Result<RunningVm, Error> {
+    let built = build(hyp, config, events, start)?;
+    let mut clock = Stopwatch(std::time::Instant::now());
+    let running = built.start(events)?;
+    clock.lap("starting vCPU threads");
+    Ok(running)
 }
 
 fn is_emulated(vcpu: &dyn Vcpu) -> bool {
@@ -140,12 +195,13 @@ fn create_vcpus(
     Ok(vcpus)
 }
 
-pub(crate) fn boot(
+/// Builds the VM of `config`: memory, devices and vCPUs, ready to start.
+pub(crate) fn build(
     hyp: &KvmHypervisor,
     config: &VmConfig,
     events: &Sender<VmEvent>,
     start: Start<'_>,
-) -> Result<RunningVm, Error> {
+) -> Result<BuiltVm, Error> {
     let mut clock = Stopwatch(std::time::Instant::now());
     config::check_cpus(config.cpus, hyp.max_vcpus())?;
     arch::check_ram_bytes(config.memory)?;
@@ -155,7 +211,18 @@ pub(crate) fn boot(
     clock.lap("creating the VM");
     vm.create_irqchip()?;
     clock.lap("in-kernel irqchip and PIT");
-    let ram = GuestRam::new(&arch::ram_regions(config.memory))?;
+    let regions = arch::ram_regions(config.memory);
+    let (ram, fill, state) = match start {
+        Start::Restore {
+            state,
+            ram: RamSource::File(file),
+        } => (GuestRam::from_file(file, &regions)?, None, Some(state)),
+        Start::Restore {
+            state,
+            ram: RamSource::Fill(fill),
+        } => (GuestRam::new(&regions)?, Some(fill), Some(state)),
+        Start::Fresh => (GuestRam::new(&regions)?, None, None),
+    };
     clock.lap("mapping RAM");
 
     // KVM takes milliseconds to add a large memory slot; load the guest and
@@ -164,12 +231,13 @@ pub(crate) fn boot(
         let slots = s.spawn(|| ram.register(vm.as_ref()));
         let prepared = (|| {
             let mem = ram.memory();
-            let kernel = match &start {
-                Start::Fresh => Some(load_guest(config, mem)?),
-                Start::Restore { fill_ram, .. } => {
-                    fill_ram(&ram)?;
+            let kernel = match (state, fill) {
+                (None, _) => Some(load_guest(config, mem)?),
+                (Some(_), Some(fill)) => {
+                    fill(&ram)?;
                     None
                 }
+                (Some(_), None) => None,
             };
             clock.lap("loading the guest");
             let (mmio64_base, mmio64_size) = arch::mmio64_window(config.memory);
@@ -192,21 +260,15 @@ pub(crate) fn boot(
             for f in &config.plain_shmem {
                 shared.push(shmem::attach_plain(&platform, f)?);
             }
-            if let Start::Restore { state, .. } = &start {
+            if let Some(state) = state {
                 crate::state::restore_devices(&devices, &shared, &state.devices)?;
             }
             devices.map_bars()?;
             clock.lap("devices");
-            let vcpus = match (&start, &kernel) {
-                (Start::Fresh, Some(kernel)) => {
-                    create_vcpus(hyp, vm.as_ref(), config, mem, kernel)?
-                }
-                (_, _) => match &start {
-                    Start::Restore { state, .. } => {
-                        crate::state::restore_vcpus(vm.as_ref(), state)?
-                    }
-                    Start::Fresh => return Err(Error::Guest("no kernel was loaded".into())),
-                },
+            let vcpus = match (state, &kernel) {
+                (Some(state), _) => crate::state::restore_vcpus(vm.as_ref(), state)?,
+                (None, Some(kernel)) => create_vcpus(hyp, vm.as_ref(), config, mem, kernel)?,
+                (None, None) => return Err(Error::Guest("no kernel was loaded".into())),
             };
             clock.lap("vCPUs");
             Ok::<_, Error>((devices, shared, vcpus))
@@ -217,22 +279,13 @@ pub(crate) fn boot(
         prepared
     })?;
 
-    let run = Arc::new(RunState::default());
-    let mut running = RunningVm {
-        threads: Vec::with_capacity(vcpus.len()),
-        run: run.clone(),
-        shared,
-        devices: devices.clone(),
-        ram,
+    Ok(BuiltVm {
         vm,
+        ram,
+        devices,
+        shared,
+        vcpus,
         config: config.clone(),
         msr_indices: hyp.msr_index_list()?,
-    };
-    for (id, vcpu) in (0u32..).zip(vcpus) {
-        let t = VcpuThread::spawn(id, vcpu, devices.clone(), run.clone(), events.clone())
-            .map_err(Error::Thread)?;
-        running.threads.push(t);
-    }
-    clock.lap("starting vCPU threads");
-    Ok(running)
+    })
 }

@@ -24,6 +24,8 @@ pub enum MemoryError {
     RegionTooLarge(u64),
     #[error("cannot register guest RAM with KVM")]
     Register(#[source] hypervisor::Error),
+    #[error("the RAM file is {file} bytes but the guest has {ram} bytes of RAM")]
+    FileSize { file: u64, ram: u64 },
     #[error("cannot read KVM's dirty-page log")]
     DirtyLog(#[source] hypervisor::Error),
     #[error("the thread registering guest RAM with KVM panicked")]
@@ -58,7 +60,24 @@ impl GuestRam {
     /// consecutive ranges of one memfd.
     pub fn new(regions: &[(GuestAddress, u64)]) -> Result<Self, MemoryError> {
         let total: u64 = regions.iter().map(|r| r.1).sum();
-        let file = Arc::new(create_memfd("shoal-guest-ram", total)?);
+        Self::from_file(create_memfd("shoal-guest-ram", total)?, regions)
+    }
+
+    /// RAM over an existing file (a migrated VM's memfd, or one filled by
+    /// an incoming migration), laid out as [`GuestRam::new`] does.
+    pub fn from_file(file: File, regions: &[(GuestAddress, u64)]) -> Result<Self, MemoryError> {
+        let total: u64 = regions.iter().map(|r| r.1).sum();
+        let len = file
+            .metadata()
+            .map_err(|e| MemoryError::Truncate(total, e))?
+            .len();
+        if len != total {
+            return Err(MemoryError::FileSize {
+                file: len,
+                ram: total,
+            });
+        }
+        let file = Arc::new(file);
         let mut offset = 0u64;
         let mut ranges = Vec::with_capacity(regions.len());
         for &(addr, size) in regions {

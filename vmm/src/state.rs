@@ -37,8 +37,12 @@ pub enum StateError {
 impl RunningVm {
     /// Everything but RAM. The vCPUs must be parked ([`RunningVm::pause`]).
     pub(crate) fn capture(&self) -> Result<VmSnapshot, Error> {
-        let mut vcpus = Vec::with_capacity(self.threads.len());
-        for t in &self.threads {
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut vcpus = Vec::with_capacity(threads.len());
+        for t in threads.iter() {
             let vcpu = t
                 .vcpu()
                 .lock()
@@ -66,7 +70,11 @@ impl RunningVm {
 
     /// Parks every vCPU.
     pub(crate) fn pause(&self) {
-        pause_all(&self.run, &self.threads);
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pause_all(&self.run, &threads);
     }
 
     /// Lets the vCPUs run again.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hypervisor::kvm::KvmHypervisor;
 use hypervisor::Vm;
 
-use crate::boot::{boot, Start};
+use crate::boot::{boot, RamSource, Start};
 use crate::config::{self, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{GuestRam, MemoryError};
@@ -54,7 +54,7 @@ pub enum Error {
 #[derive(Debug)]
 pub(crate) struct RunningVm {
     // Order matters on drop: threads stop before devices and memory go.
-    pub(crate) threads: Vec<VcpuThread>,
+    pub(crate) threads: std::sync::Mutex<Vec<VcpuThread>>,
     pub(crate) run: Arc<RunState>,
     pub(crate) shared: Vec<ShmemDevice>,
     pub(crate) devices: Arc<DeviceManager>,
@@ -66,8 +66,12 @@ pub(crate) struct RunningVm {
 }
 
 impl RunningVm {
-    fn stop(&mut self) {
-        stop_all(&self.run, &mut self.threads);
+    pub(crate) fn stop(&self) {
+        let mut threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stop_all(&self.run, &mut threads);
     }
 }
 
@@ -126,7 +130,7 @@ fn first_boot(
             };
             let start = Start::Restore {
                 state: &loaded.snapshot,
-                fill_ram: &fill,
+                ram: RamSource::Fill(&fill),
             };
             let vm = boot(hyp, &config, events, start)?;
             log::info!("restored the VM saved in {}", dir.display());
