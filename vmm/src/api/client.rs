@@ -40,9 +40,42 @@ impl Response {
             .unwrap_or_else(|| format!("HTTP status {}", self.status))
     }
 
+    /// The body as indented JSON (empty when there is none).
+    pub fn pretty(&self) -> String {
+        self.body
+            .as_ref()
+            .and_then(|b| serde_json::to_string_pretty(b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The body decoded as `T`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
+        let body = self
+            .body
+            .clone()
+            .ok_or_else(|| ClientError::Malformed("the answer has no body".into()))?;
+        serde_json::from_value(body).map_err(|e| ClientError::Malformed(e.to_string()))
+    }
+
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
+}
+
+/// Sends one request with a typed body (`None::<&()>` for none).
+pub fn call<T: serde::Serialize>(
+    socket: &Path,
+    method: &str,
+    endpoint: &str,
+    body: Option<&T>,
+) -> Result<Response, ClientError> {
+    let value = match body {
+        Some(b) => Some(
+            serde_json::to_value(b).map_err(|e| ClientError::Malformed(format!("request: {e}")))?,
+        ),
+        None => None,
+    };
+    request(socket, method, endpoint, value.as_ref())
 }
 
 /// Sends one request to `endpoint` (e.g. `vm.info`) and reads the answer.
