@@ -12,6 +12,24 @@ mod acpi;
 mod cmdline;
 #[path = "guest/src/mem.rs"]
 mod mem;
+#[path = "guest/src/ramsum.rs"]
+mod ramsum;
+#[path = "guest/src/window.rs"]
+mod window;
+
+/// The `checksum` scenario's documented value for its defaults (seed 1,
+/// 64 KiB): what a host-side test can expect in `SHOAL-TG ramsum` lines.
+#[cfg(test)]
+mod ramsum_contract {
+    use crate::ramsum::{checksum, Pattern};
+
+    #[test]
+    fn default_checksum_scenario_sum() {
+        let mut pattern = Pattern::new(1);
+        let sum = checksum((0..8192).map(|_| pattern.next_word()));
+        assert_eq!(sum, 0xb7e1_287c_2ec6_ad7a);
+    }
+}
 
 /// The guest's ACPI parser over the tables Shoal's `arch` crate writes:
 /// the contract of docs/platform.md, checked from both sides.

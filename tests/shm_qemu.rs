@@ -9,6 +9,9 @@
 //! no sleep register, so the guest leaves through the reset register and
 //! `-no-reboot`: only lines before `SHOAL-TG done` are checked for errors.
 
+// Test helpers outside `#[test]` functions fail the test by panicking.
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

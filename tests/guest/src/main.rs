@@ -27,12 +27,14 @@ mod paging;
 mod pci;
 mod pci_bars;
 mod power;
+mod ramsum;
 mod rt;
 mod scenarios;
 mod serial;
 mod smp;
 mod start_info;
 mod timer;
+mod window;
 
 use acpi::AcpiError;
 use boot::BootProtocol;

@@ -9,6 +9,7 @@
 //! after RAM (1 GiB aligned), away from every other BAR of bus 0.
 
 use crate::pci::{scan_bus0_via, Access, Bdf};
+use crate::window::{find_free, mmio64_base};
 
 const OFF_COMMAND: u16 = 0x04;
 const OFF_STATUS: u16 = 0x06;
@@ -32,9 +33,8 @@ const BAR_MEM_MASK: u32 = !0xf;
 pub const MMIO32_BASE: u64 = 0xc000_0000;
 /// Size of the 32-bit PCI MMIO window.
 pub const MMIO32_SIZE: u64 = 0x2000_0000;
-const GIB: u64 = 1 << 30;
 /// Size of the 64-bit PCI MMIO window.
-pub const MMIO64_SIZE: u64 = 64 * GIB;
+pub const MMIO64_SIZE: u64 = 64 << 30;
 /// Capability list walk limit (a malformed list could loop).
 const MAX_CAPS: u32 = 48;
 /// BARs remembered while looking for free space.
@@ -199,35 +199,6 @@ fn used_ranges(access: Access, out: &mut [(u64, u64); MAX_RANGES]) -> usize {
     count
 }
 
-/// The first `size`-aligned address in `[start, start + len)` that
-/// overlaps none of `used`.
-pub fn find_free(start: u64, len: u64, size: u64, used: &[(u64, u64)]) -> Option<u64> {
-    if size == 0 || !size.is_power_of_two() {
-        return None;
-    }
-    let end = start.checked_add(len)?;
-    let mut candidate = start.checked_next_multiple_of(size)?;
-    loop {
-        let candidate_end = candidate.checked_add(size)?;
-        if candidate_end > end {
-            return None;
-        }
-        match used
-            .iter()
-            .find(|&&(s, e)| s < candidate_end && candidate < e)
-        {
-            Some(&(_, e)) => candidate = e.checked_next_multiple_of(size)?,
-            None => return Some(candidate),
-        }
-    }
-}
-
-/// Start of the 64-bit window: after the highest RAM (at least 4 GiB),
-/// 1 GiB aligned.
-pub fn mmio64_base(ram_end: u64) -> u64 {
-    ram_end.max(1 << 32).div_ceil(GIB).saturating_mul(GIB)
-}
-
 /// Memory BAR `index`, assigned in its window when the VMM left it at 0.
 /// `ram_end` is the end of the highest RAM region (for the 64-bit window).
 /// Returns the BAR and whether the guest assigned it.
@@ -271,37 +242,4 @@ pub fn find_capability(access: Access, bdf: Bdf, id: u8) -> Option<u16> {
         walked += 1;
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn free_space_skips_overlapping_bars() {
-        let used = [(0xc000_0000, 0xc000_1000), (0xc010_0000, 0xc020_0000)];
-        assert_eq!(
-            find_free(0xc000_0000, 0x2000_0000, 0x10_0000, &used),
-            Some(0xc020_0000)
-        );
-        assert_eq!(
-            find_free(0xc000_0000, 0x2000_0000, 0x1000, &used),
-            Some(0xc000_1000)
-        );
-    }
-
-    #[test]
-    fn free_space_fails_when_the_window_is_full() {
-        let used = [(0xc000_0000, 0xe000_0000)];
-        assert_eq!(find_free(0xc000_0000, 0x2000_0000, 0x1000, &used), None);
-        assert_eq!(find_free(0, 0x1000, 0x2000, &[]), None);
-        assert_eq!(find_free(0, 0x1000, 3, &[]), None);
-    }
-
-    #[test]
-    fn window_64_follows_ram_on_a_gib_boundary() {
-        assert_eq!(mmio64_base(128 << 20), 4 * GIB);
-        assert_eq!(mmio64_base(4 * GIB), 4 * GIB);
-        assert_eq!(mmio64_base(4 * GIB + 4096), 5 * GIB);
-    }
 }

@@ -9,8 +9,12 @@
 //! returns.
 
 mod boot;
+mod checksum;
+mod counter;
+mod dirty;
 mod fault;
 mod irq;
+mod ram;
 mod shm;
 mod shm_sync;
 
@@ -60,6 +64,18 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "shm",
         run: shm::run,
+    },
+    Scenario {
+        name: "counter",
+        run: counter::run,
+    },
+    Scenario {
+        name: "dirty",
+        run: dirty::run,
+    },
+    Scenario {
+        name: "checksum",
+        run: checksum::run,
     },
 ];
 
