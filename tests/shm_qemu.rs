@@ -334,3 +334,61 @@ fn doorbell_two_guests_ping_pong() {
     finish(&mut initiator);
     finish(&mut responder);
 }
+
+/// Two QEMU guests run `op=exchange` (lockstep doorbells and region
+/// writes, each checking the other's data) until the host peer sets the
+/// stop word; no doorbell needed a second ring.
+#[test]
+fn doorbell_two_guests_exchange_until_the_host_stops_them() {
+    let scratch = Scratch::new("exchange");
+    let group = Group::start(scratch.path("g.sock"), 1);
+    let host = group.host_peer();
+    assert_eq!(host.id(), 0);
+    let base = host.data_offset();
+    let responder_cmd = "scenario=shm op=info,exchange role=responder peer=2 every=16";
+    let mut responder =
+        GuestProcess::spawn(with_doorbell(q35(responder_cmd), &group.socket, 1)).unwrap();
+    let info = responder.wait_for_line("SHOAL-TG shm id", TIMEOUT).unwrap();
+    assert_eq!(field(&info, "id"), 1, "{}", responder.output());
+    responder
+        .wait_for_line("SHOAL-TG shm ready msix 1", TIMEOUT)
+        .unwrap();
+    let initiator_cmd = "scenario=shm op=info,exchange role=initiator peer=1 every=16";
+    let mut initiator =
+        GuestProcess::spawn(with_doorbell(q35(initiator_cmd), &group.socket, 1)).unwrap();
+    let info = initiator.wait_for_line("SHOAL-TG shm id", TIMEOUT).unwrap();
+    assert_eq!(field(&info, "id"), 2, "{}", initiator.output());
+    initiator
+        .wait_for_line("SHOAL-TG shm exchange 64", TIMEOUT)
+        .unwrap();
+    responder
+        .wait_for_line("SHOAL-TG shm exchange 64", TIMEOUT)
+        .unwrap();
+    // The host peer's view of the slots: seq and data of both guests.
+    let word = |offset: u64| {
+        let mut bytes = [0u8; 8];
+        host.mapping().read(offset as usize, &mut bytes).unwrap();
+        u64::from_le_bytes(bytes)
+    };
+    let seq1 = word(base + 64 + 64);
+    assert!(seq1 >= 64, "responder seq {seq1}");
+    assert_eq!(
+        word(base + 64 + 64 + 8),
+        seq1 ^ 0x5348_4f41_4c58_4348 ^ 1,
+        "responder data word"
+    );
+    host.mapping()
+        .write(base as usize, &1u64.to_le_bytes())
+        .unwrap();
+    for vm in [&mut initiator, &mut responder] {
+        let done = vm
+            .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
+            .unwrap();
+        let rounds = field(&done, "done");
+        assert!(rounds >= 64, "{done}");
+        assert_eq!(field(&done, "rerings"), 0, "{done}");
+        assert!(field(&done, "sent").abs_diff(rounds) <= 1, "{done}");
+        assert!(field(&done, "received").abs_diff(rounds) <= 1, "{done}");
+        finish(vm);
+    }
+}

@@ -19,11 +19,13 @@
 //! ```
 //!
 //! A round: the initiator publishes seq n (data first, then seq) and rings
-//! the peer, then waits for the peer's seq n; the responder waits for seq n,
-//! checks its data, publishes its own seq n and rings back. Each side
-//! checks the peer's data word and that its seq never skips or goes back.
-//! While waiting, a side re-rings after `rering` seconds (default 5)
-//! without progress and counts it; a lost doorbell shows as `rerings` > 0.
+//! the peer, then waits for the peer's seq n and its n-th doorbell; the
+//! responder waits for seq n and the n-th doorbell, checks the data,
+//! publishes its own seq n and rings back. Each side checks the peer's
+//! data word and seq (exactly n). Every round takes one doorbell each way,
+//! so none can coalesce: after `rering` seconds (default 5) without
+//! progress a side rings again and counts it; a lost doorbell (or a peer
+//! paused that long) shows as `rerings` > 0, a lost write as an error line.
 //! Progress: `SHOAL-TG shm exchange <rounds>` every `every` rounds (default
 //! 256); at the end `SHOAL-TG shm exchange done <rounds> sent <s> received
 //! <r> rerings <n>`.
@@ -183,36 +185,35 @@ pub fn exchange(shm: &Shm) -> bool {
             shm.dev.ring(peer, 0);
             sent += 1;
         }
-        // Wait for the peer's seq, the stop word, or time out.
+        // Wait for the peer's seq and its doorbell, or the stop word.
         let mut waited = 0;
         loop {
             if ex.stopped() {
                 break 'rounds;
             }
-            let before = received(0);
-            let progressed = timer::wait_until(
-                || ex.peer_seq() >= seq || ex.stopped() || received(0) > before,
-                rering,
-            );
-            if ex.peer_seq() >= seq {
-                break;
+            let ready = || ex.peer_seq() >= seq && received(0) >= seq;
+            if timer::wait_until(|| ready() || ex.stopped(), rering) {
+                if ready() {
+                    break;
+                }
+                continue;
             }
-            if !progressed && !ex.stopped() {
-                waited += rering;
-                if waited >= deadline_ticks {
-                    serial::error()
-                        .str("shm exchange stalled at round ")
-                        .dec(rounds)
-                        .str(" peer seq ")
-                        .dec(ex.peer_seq());
-                    return false;
-                }
-                // Nothing for a while: ring again (the peer's copy of our
-                // seq tells it whether this is news).
-                if role == Role::Initiator || rounds > 0 {
-                    shm.dev.ring(peer, 0);
-                    rerings += 1;
-                }
+            waited += rering;
+            if waited >= deadline_ticks {
+                serial::error()
+                    .str("shm exchange stalled at round ")
+                    .dec(rounds)
+                    .str(" peer seq ")
+                    .dec(ex.peer_seq())
+                    .str(" received ")
+                    .dec(received(0));
+                return false;
+            }
+            // Nothing for a while: ring again for what we published last
+            // (a responder that has published nothing yet stays quiet).
+            if role == Role::Initiator || rounds > 0 {
+                shm.dev.ring(peer, 0);
+                rerings += 1;
             }
         }
         if !ex.check_peer(seq) {
