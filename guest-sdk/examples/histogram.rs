@@ -62,14 +62,15 @@ fn member(size: u32) -> Result<(), Box<dyn Error>> {
     let elapsed = start.elapsed();
     let counted = team.sum_i64((range.end - range.start) as i64)?;
     println!(
-        "histogram: rank {}/{} items {}..{} in {:.1} ms (peer {}, {})",
+        "histogram: rank {}/{} items {}..{} in {:.1} ms (peer {}, {}, {:?})",
         team.rank(),
         team.size(),
         range.start,
         range.end,
         elapsed.as_secs_f64() * 1e3,
         shoal.id(),
-        shoal.transport_name()
+        shoal.transport_name(),
+        shoal.sleep_kind()
     );
     if team.rank() == 0 {
         let mut reference = [0u64; BINS];

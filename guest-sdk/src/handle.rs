@@ -159,6 +159,12 @@ impl Shoal {
         self.inner.transport.name()
     }
 
+    /// How this peer's threads sleep when they wait (futex, doorbell
+    /// interrupt, or polling with backoff when a guest has no driver).
+    pub fn sleep_kind(&self) -> SleepKind {
+        self.inner.kind
+    }
+
     /// Whether peer `id` is alive (or migrating) per the state table.
     pub fn peer_alive(&self, id: u16) -> bool {
         self.inner

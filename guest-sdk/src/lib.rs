@@ -44,3 +44,4 @@ pub use mem::MemError;
 pub use ptr::{Shared, ShmPtr};
 pub use sync::{Barrier, Condvar, Locked, Mutex, MutexGuard, SyncError, Team, WaitOutcome};
 pub use transport::local::LocalRegion;
+pub use transport::SleepKind;

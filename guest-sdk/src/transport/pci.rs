@@ -14,7 +14,8 @@
 //! epoch word that waiting threads sleep on (a private futex), so every
 //! doorbell wakes every local sleeper and no ring is lost between a
 //! waiter's last check and its sleep. Without an interrupt source the SDK
-//! falls back to spinning with backoff ([`SleepKind::Poll`]) and logs so.
+//! falls back to spinning with backoff ([`SleepKind::Poll`]) and says so
+//! (log and stderr).
 
 use super::{SleepKind, Transport, TransportError};
 use crate::sync::futex;
@@ -211,6 +212,16 @@ fn spawn_dispatcher(source: &IrqSource, epoch: Arc<Epoch>) -> Result<(), Transpo
     Ok(())
 }
 
+/// Tells the user (log and stderr: the fallback costs CPU time) that
+/// waiters will poll.
+fn say_polling(why: &str) {
+    log::warn!("shoal: {why}: spinning with backoff");
+    eprintln!(
+        "shoal: {why}: waiting by spinning with backoff \
+         (load shoal_ivshmem.ko or uio_pci_generic for interrupts)"
+    );
+}
+
 /// The PCI transport.
 #[derive(Debug)]
 pub struct Pci {
@@ -271,15 +282,12 @@ impl Pci {
                     SleepKind::Doorbell
                 }
                 Err(e) => {
-                    log::warn!("shoal: {e}: no interrupts, spinning with backoff");
+                    say_polling(&e.to_string());
                     SleepKind::Poll
                 }
             },
             None => {
-                log::warn!(
-                    "shoal: no interrupt driver for {}: spinning with backoff",
-                    dev.display()
-                );
+                say_polling(&format!("no interrupt driver for {}", dev.display()));
                 SleepKind::Poll
             }
         };
