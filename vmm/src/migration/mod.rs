@@ -21,6 +21,8 @@ mod sender;
 pub mod url;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod tests;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -111,7 +113,9 @@ pub trait MigrationTarget {
     fn prepare(&mut self, hello: &Hello) -> Result<(), HookError>;
     /// Writes guest RAM at `offset`.
     fn write_ram(&mut self, offset: u64, data: &[u8]) -> Result<(), HookError>;
-    /// Zeroes `len` bytes of guest RAM at `offset`.
+    /// Zeroes `len` bytes of guest RAM at `offset`. Every page of the first
+    /// pass comes as data or as zero: make this cheap (punch a hole in the
+    /// memfd, or skip pages known to be untouched), never write zeros.
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError>;
     /// Takes the source's RAM memfd (same-host migration).
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError>;

@@ -62,6 +62,7 @@ pub fn receive(
     mut stream: Stream,
     target: &mut dyn MigrationTarget,
 ) -> Result<ReceiveReport, MigrationError> {
+    stream.tune();
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     let (head, fd) = read_first_header(&mut stream)?;

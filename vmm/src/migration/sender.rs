@@ -378,6 +378,7 @@ fn send_inner(
         return Err(MigrationError::LocalNeedsUnix(opts.destination_url.clone()));
     }
     let stream = url.connect()?;
+    stream.tune();
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let read_half = stream.try_clone().map_err(MigrationError::Send)?;
     let ram_pages = source.ram_size() / PAGE_SIZE as u64;

@@ -171,7 +171,36 @@ pub enum Stream {
     Tcp(TcpStream),
 }
 
+/// Socket buffers large enough to keep a few 1 MiB frames in flight.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+fn enlarge_buffers(fd: std::os::fd::RawFd) {
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        let v = SOCKET_BUFFER;
+        // SAFETY: `v` outlives the call and its size is passed; the kernel
+        // only reads it. Failure just leaves the default size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 impl Stream {
+    /// Sets the socket buffers for bulk transfer.
+    pub fn tune(&self) {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Unix(s) => enlarge_buffers(s.as_raw_fd()),
+            Stream::Tcp(s) => enlarge_buffers(s.as_raw_fd()),
+        }
+    }
+
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Benchmarks of migrating a fake 1 GiB VM, run by hand:
+//! `cargo test -p vmm --release -- --ignored --nocapture bench_`.
+//! They print numbers and assert only that the migration worked.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use super::fake::{FakeTarget, FakeVm};
+use super::*;
+
+const GIB: u64 = 1 << 30;
+
+fn migrate(vm: &FakeVm, listen: &str, opts: impl Fn(&str) -> SendOptions) -> MigrationReport {
+    let url = MigrationUrl::parse(listen).unwrap();
+    let listener = url.listen().unwrap();
+    let url = match listener.tcp_port() {
+        Some(p) => format!("tcp:127.0.0.1:{p}"),
+        None => url.to_string(),
+    };
+    let rx = std::thread::spawn(move || {
+        let mut target = FakeTarget::default();
+        let r = receive(listener.accept().unwrap(), &mut target);
+        (r, target)
+    });
+    let report = send(vm, &opts(&url), &MigrationProgress::default()).unwrap();
+    let (res, target) = rx.join().unwrap();
+    res.unwrap();
+    assert!(target.started);
+    report
+}
+
+fn print(name: &str, r: &MigrationReport, ram: u64) {
+    let secs = r.total_ms.max(1) as f64 / 1000.0;
+    println!(
+        "{name:<28} total {:>6} ms  downtime {:>8.3} ms  sent {:>7.1} MiB  {:>6.2} GiB/s of RAM  iterations {}  throttle {}%",
+        r.total_ms,
+        r.downtime_us as f64 / 1000.0,
+        r.bytes_total as f64 / (1 << 20) as f64,
+        ram as f64 / GIB as f64 / secs,
+        r.iterations,
+        r.throttle_max,
+    );
+}
+
+fn sock(name: &str) -> String {
+    let p = std::env::temp_dir().join(format!("shoal-bench-{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    format!("unix:{}", p.display())
+}
+
+/// The same socket carrying 1 GiB in 1 MiB writes, no framing.
+fn plain_copy(listen: &str) -> f64 {
+    let url = MigrationUrl::parse(listen).unwrap();
+    let listener = url.listen().unwrap();
+    let url = match listener.tcp_port() {
+        Some(p) => MigrationUrl::parse(&format!("tcp:127.0.0.1:{p}")).unwrap(),
+        None => url.clone(),
+    };
+    let rx = std::thread::spawn(move || {
+        let mut s = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+        total
+    });
+    let mut s = url.connect().unwrap();
+    let buf = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    for _ in 0..1024 {
+        s.write_all(&buf).unwrap();
+    }
+    s.shutdown();
+    let total = rx.join().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(total, GIB);
+    GIB as f64 / (1 << 30) as f64 / secs
+}
+
+#[test]
+#[ignore = "benchmark: run by hand in release mode"]
+fn bench_migration_1gib() {
+    println!(
+        "plain copy over unix           {:.2} GiB/s",
+        plain_copy(&sock("plain"))
+    );
+    println!(
+        "plain copy over tcp loopback   {:.2} GiB/s",
+        plain_copy("tcp:127.0.0.1:0")
+    );
+
+    let idle = FakeVm::new(GIB).unwrap();
+    let r = migrate(&idle, &sock("idle"), SendOptions::new);
+    print("idle (all zero) over unix", &r, GIB);
+
+    let full = FakeVm::new(GIB).unwrap();
+    full.fill(1).unwrap();
+    let r = migrate(&full, &sock("full"), SendOptions::new);
+    print("fully touched over unix", &r, GIB);
+    let full = FakeVm::new(GIB).unwrap();
+    full.fill(1).unwrap();
+    let r = migrate(&full, "tcp:127.0.0.1:0", SendOptions::new);
+    print("fully touched over tcp", &r, GIB);
+    let full = FakeVm::new(GIB).unwrap();
+    full.fill(1).unwrap();
+    let r = migrate(&full, &sock("local"), |u| SendOptions {
+        local: true,
+        ..SendOptions::new(u)
+    });
+    print("fully touched, local=on", &r, GIB);
+
+    // A guest dirtying 64 MiB of its RAM at about 100 MB/s.
+    let busy = FakeVm::new(GIB).unwrap();
+    busy.fill(1).unwrap();
+    let _d = busy.start_dirtier(0, 16384, Some(100_000_000 / 4096));
+    let r = migrate(&busy, &sock("busy"), SendOptions::new);
+    print("dirtying ~100 MB/s over unix", &r, GIB);
+    drop(_d);
+
+    // A guest dirtying as fast as it can, all over its RAM.
+    let fast = FakeVm::new(GIB).unwrap();
+    fast.fill(1).unwrap();
+    let _d = fast.start_dirtier(0, GIB / 4096, None);
+    let r = migrate(&fast, &sock("fast"), SendOptions::new);
+    print("dirtying flat out over unix", &r, GIB);
+}
