@@ -12,6 +12,9 @@
  * Every function returns a status: 0 (SHOAL_OK) or a positive note on
  * success, a negative SHOAL_E* code on failure; none aborts the program.
  * Timeouts are in nanoseconds; a negative timeout waits forever.
+ * A shoal_t may be used by any number of threads at once; shoal_close must
+ * be the last call on it. Lock ownership is per process (peer): any thread
+ * of the process holding a mutex may unlock it.
  *
  * Build:  cc prog.c $(pkg-config --cflags --libs shoal) -fopenmp
  * Run as a host peer:  SHOAL_SOCKET=/path/to/group.sock ./prog

@@ -136,10 +136,12 @@ pub(crate) fn wait(
                 };
             }
             SleepKind::Doorbell => {
-                // Any ring wakes us; spurious wakes are allowed (the caller
-                // re-checks its condition), so return after one.
-                let _ = cx.transport.sleep(token, left);
-                return Ok(WaitOutcome::Woken);
+                // Any ring wakes every local sleeper; loop to re-check the
+                // word and the deadline. A failing interrupt source degrades
+                // to polling rather than an error.
+                if cx.transport.sleep(token, left).is_err() {
+                    std::thread::sleep(nap);
+                }
             }
             SleepKind::Poll => {
                 let step = left.map_or(nap, |l| l.min(nap));
