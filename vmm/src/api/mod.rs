@@ -12,6 +12,8 @@
 pub mod client;
 pub mod http;
 mod server;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
