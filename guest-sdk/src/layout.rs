@@ -293,3 +293,59 @@ mod tests {
         assert!(matches!(err, LayoutError::TooSmall { .. }));
     }
 }
+
+#[cfg(test)]
+mod init_tests {
+    use super::*;
+    use crate::handle::Shoal;
+    use crate::peer::tag;
+    use crate::transport::local::LocalRegion;
+    use std::sync::Arc;
+
+    fn parts(r: &Arc<LocalRegion>) -> (Shoal, Mem, Geometry) {
+        let s = Shoal::open_local(Arc::clone(r), 0).unwrap();
+        let (mem, geo) = (s.inner.mem, s.inner.geo);
+        (s, mem, geo)
+    }
+
+    #[test]
+    fn dead_initialiser_is_taken_over() {
+        let r = LocalRegion::new(1 << 20, 4).unwrap();
+        r.join(0).unwrap();
+        let g1 = r.join(1).unwrap();
+        let (_s, mem, geo) = parts(&r);
+        // Pretend peer 1 claimed a fresh region and died half-way.
+        mem.u64(geo.field(H_MAGIC))
+            .unwrap()
+            .store(0, Ordering::Release);
+        mem.u32(geo.field(H_INIT))
+            .unwrap()
+            .store(tag(1, g1), Ordering::Release);
+        r.kill(1).unwrap();
+        let again = Shoal::open_local(Arc::clone(&r), 0).unwrap();
+        assert!(again.check_heap(&[]).unwrap().is_consistent());
+    }
+
+    #[test]
+    fn live_initialiser_that_never_finishes_times_out() {
+        let r = LocalRegion::new(1 << 20, 4).unwrap();
+        r.join(0).unwrap();
+        let g1 = r.join(1).unwrap();
+        let (s, mem, geo) = parts(&r);
+        mem.u64(geo.field(H_MAGIC))
+            .unwrap()
+            .store(0, Ordering::Release);
+        mem.u32(geo.field(H_INIT))
+            .unwrap()
+            .store(tag(1, g1), Ordering::Release);
+        let err = open_or_init(
+            &mem,
+            &geo,
+            &s.inner.peers,
+            s.tag(),
+            Duration::from_millis(20),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LayoutError::InitTimeout), "{err:?}");
+    }
+}
