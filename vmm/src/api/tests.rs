@@ -11,8 +11,8 @@ use super::client;
 use super::{ApiMessage, ApiRequest, ApiResponse, ApiServer};
 use crate::migration::fake::{FakeTarget, FakeVm};
 use crate::migration::{
-    receive, spawn_send, MigrationProgress, MigrationState, MigrationStatus, MigrationUrl,
-    SendOptions,
+    receive, spawn_send, MigrationError, MigrationProgress, MigrationState, MigrationStatus,
+    MigrationUrl, SendOptions,
 };
 
 fn sock(name: &str) -> PathBuf {
@@ -26,15 +26,12 @@ fn control_loop(rx: std::sync::mpsc::Receiver<ApiMessage>, vm: Arc<FakeVm>) {
     let progress = Arc::new(MigrationProgress::default());
     for (req, answer) in rx {
         let r = match req {
+            // The VMM would turn `done` into an event: stop on Ok.
             ApiRequest::SendMigration(opts) => {
-                if progress.state().is_active() {
-                    ApiResponse::conflict("a migration is already running")
-                } else {
-                    // The VMM would turn `done` into an event: stop on Ok.
-                    match spawn_send(vm.clone(), opts, progress.clone(), |_| {}) {
-                        Ok(_) => ApiResponse::accepted(),
-                        Err(e) => ApiResponse::error(500, &e.to_string()),
-                    }
+                match spawn_send(vm.clone(), opts, progress.clone(), |_| {}) {
+                    Ok(_) => ApiResponse::accepted(),
+                    Err(e @ MigrationError::Busy) => ApiResponse::conflict(&e.to_string()),
+                    Err(e) => ApiResponse::error(500, &e.to_string()),
                 }
             }
             ApiRequest::MigrationStatus => ApiResponse::json(&progress.status()),

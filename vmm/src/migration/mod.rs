@@ -59,6 +59,8 @@ pub enum MigrationError {
     Unexpected { expected: &'static str, got: String },
     #[error("the VM could not {0}")]
     Vm(&'static str, #[source] HookError),
+    #[error("a migration is already running")]
+    Busy,
     #[error("cancelled")]
     Cancelled,
     #[error("did not complete within {0} s")]

@@ -155,8 +155,24 @@ impl MigrationProgress {
         MigrationState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Resets the counters for a new migration of `ram_size` bytes.
-    pub(crate) fn begin(&self, ram_size: u64) {
+    /// Claims this progress for a new migration of `ram_size` bytes and
+    /// resets the counters; false when a migration is already running.
+    pub(crate) fn try_begin(&self, ram_size: u64) -> bool {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            if MigrationState::from_u8(cur).is_active() {
+                return false;
+            }
+            match self.state.compare_exchange(
+                cur,
+                MigrationState::Connecting as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
         *lock(&self.started) = Some(Instant::now());
         *lock(&self.error) = None;
         *lock(&self.report) = None;
@@ -174,7 +190,7 @@ impl MigrationProgress {
         self.throttle.store(0, Ordering::Relaxed);
         self.ram_size.store(ram_size, Ordering::Relaxed);
         self.remaining_bytes.store(ram_size, Ordering::Relaxed);
-        self.set_state(MigrationState::Connecting);
+        true
     }
 
     pub(crate) fn set_state(&self, s: MigrationState) {
@@ -265,19 +281,28 @@ mod tests {
     #[test]
     fn failure_keeps_the_error_and_begin_clears_it() {
         let p = MigrationProgress::default();
-        p.begin(100);
+        assert!(p.try_begin(100));
         p.fail("connection closed".into(), false);
         assert_eq!(p.status().state, MigrationState::Failed);
         assert_eq!(p.status().error.as_deref(), Some("connection closed"));
-        p.begin(100);
+        assert!(p.try_begin(100));
         assert_eq!(p.status().error, None);
         assert_eq!(p.status().state, MigrationState::Connecting);
     }
 
     #[test]
+    fn a_running_migration_cannot_be_claimed_twice() {
+        let p = MigrationProgress::default();
+        assert!(p.try_begin(1));
+        assert!(!p.try_begin(1));
+        p.complete(MigrationReport::default());
+        assert!(p.try_begin(1));
+    }
+
+    #[test]
     fn status_serializes_with_kebab_case_state() {
         let p = MigrationProgress::default();
-        p.begin(1);
+        assert!(p.try_begin(1));
         p.set_state(MigrationState::StopAndCopy);
         let json = serde_json::to_value(p.status()).unwrap();
         assert_eq!(json["state"], "stop-and-copy");

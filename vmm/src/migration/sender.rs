@@ -355,7 +355,18 @@ pub fn send(
     opts: &SendOptions,
     progress: &MigrationProgress,
 ) -> Result<MigrationReport, MigrationError> {
-    progress.begin(source.ram_size());
+    if !progress.try_begin(source.ram_size()) {
+        return Err(MigrationError::Busy);
+    }
+    send_claimed(source, opts, progress)
+}
+
+/// [`send`] once `progress` is claimed.
+fn send_claimed(
+    source: &dyn MigrationSource,
+    opts: &SendOptions,
+    progress: &MigrationProgress,
+) -> Result<MigrationReport, MigrationError> {
     let result = send_inner(source, opts, progress);
     match &result {
         Ok(report) => progress.complete(report.clone()),
@@ -420,6 +431,8 @@ fn send_inner(
 }
 
 /// Runs [`send`] on a new thread and calls `done` with its result there.
+/// Fails at once with [`MigrationError::Busy`] when `progress` belongs to a
+/// running migration, so a second request cannot race the first.
 pub fn spawn_send<F>(
     source: Arc<dyn MigrationSource + Send + Sync>,
     opts: SendOptions,
@@ -429,10 +442,17 @@ pub fn spawn_send<F>(
 where
     F: FnOnce(Result<MigrationReport, MigrationError>) + Send + 'static,
 {
+    if !progress.try_begin(source.ram_size()) {
+        return Err(MigrationError::Busy);
+    }
+    let p = progress.clone();
     std::thread::Builder::new()
         .name("migration-send".into())
-        .spawn(move || done(send(source.as_ref(), &opts, &progress)))
-        .map_err(MigrationError::Thread)
+        .spawn(move || done(send_claimed(source.as_ref(), &opts, &p)))
+        .map_err(|e| {
+            progress.fail("cannot start the migration thread".into(), false);
+            MigrationError::Thread(e)
+        })
 }
 
 #[cfg(test)]
