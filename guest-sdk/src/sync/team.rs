@@ -8,29 +8,42 @@
 //! ```text
 //!  0  size     u32   members expected (set by the first joiner)
 //!  4  joined   u32   next rank to hand out
+//!  8  departed u32   members of this round that left
+//! 12  round    u32   bumped when the last member leaves (the team resets)
 //! 16  barrier  16 B  over `size` parties
 //! 32  bcast    u64   broadcast slot
 //! 64  slots    size × u64, one per rank (reductions)
 //! ```
+//!
+//! A team runs in rounds: once all `size` members of a round have left
+//! (dropped their [`Team`], or `shoal_team_leave`), the team resets and the
+//! next `size` joiners form a new round. A joiner that finds the current
+//! round full waits for it to end.
 
 use super::barrier::Barrier;
+use super::wait;
 use super::SyncError;
 use crate::handle::Shoal;
 use crate::ptr::ShmPtr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often a joiner waiting for a full round re-checks.
+const ROUND_POLL: Duration = Duration::from_millis(50);
 
 const OFF_SIZE: u64 = 0;
 const OFF_JOINED: u64 = 4;
+const OFF_DEPARTED: u64 = 8;
+const OFF_ROUND: u64 = 12;
 const OFF_BARRIER: u64 = 16;
 const OFF_BCAST: u64 = 32;
 const OFF_SLOTS: u64 = 64;
 /// Largest team.
 pub const MAX_TEAM: u32 = 4096;
 
-/// One member's view of a team.
-#[derive(Debug, Clone)]
+/// One member's view of a team; leaves the team on drop.
+#[derive(Debug)]
 pub struct Team {
     shoal: Shoal,
     base: u64,
@@ -53,12 +66,14 @@ pub fn partition(n: u64, rank: u32, size: u32) -> Range<u64> {
 }
 
 impl Team {
-    /// Joins team `name` of `size` members and waits until all have joined.
+    /// Joins team `name` of `size` members and waits until all have joined
+    /// (first for the current round to end, if it is full).
     pub fn join(shoal: &Shoal, name: &str, size: u32) -> Result<Self, SyncError> {
         Self::join_timeout(shoal, name, size, None)
     }
 
-    /// As [`Team::join`], waiting at most `timeout` for the others.
+    /// As [`Team::join`], waiting at most `timeout` for a place
+    /// ([`SyncError::TeamFull`]) and then for the others.
     pub fn join_timeout(
         shoal: &Shoal,
         name: &str,
@@ -68,34 +83,67 @@ impl Team {
         if size == 0 || size > MAX_TEAM {
             return Err(SyncError::Invalid("team size"));
         }
+        let deadline = timeout.map(|t| Instant::now() + t);
         let object = format!("team:{name}");
         let bytes = OFF_SLOTS + 8 * u64::from(size);
         let (ptr, _) = shoal
             .find_or_create(&object, bytes)
             .map_err(SyncError::Alloc)?;
         let base = ptr.offset();
-        let team = Self {
-            shoal: shoal.clone(),
-            base,
-            rank: 0,
-            size,
-        };
-        match team
-            .word(OFF_SIZE)?
-            .compare_exchange(0, size, Ordering::AcqRel, Ordering::Acquire)
-        {
+        let word = |rel: u64| shoal.get(ShmPtr::<AtomicU32>::from_offset(base + rel));
+        match word(OFF_SIZE)?.compare_exchange(0, size, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {}
             Err(have) if have == size => {}
             Err(have) => return Err(SyncError::Parties { got: size, have }),
         }
-        team.barrier_obj()?.init(size)?;
-        let rank = team.word(OFF_JOINED)?.fetch_add(1, Ordering::AcqRel);
-        if rank >= size {
-            return Err(SyncError::TeamFull);
-        }
-        let team = Self { rank, ..team };
-        team.barrier_obj()?.wait_timeout(shoal, timeout)?;
+        let barrier = shoal.get(ShmPtr::<Barrier>::from_offset(base + OFF_BARRIER))?;
+        barrier.init(size)?;
+        let rank = loop {
+            let round = word(OFF_ROUND)?.load(Ordering::Acquire);
+            let joined = word(OFF_JOINED)?.load(Ordering::Acquire);
+            if joined < size {
+                if word(OFF_JOINED)?
+                    .compare_exchange(joined, joined + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    break joined;
+                }
+                continue;
+            }
+            let mut chunk = ROUND_POLL;
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(SyncError::TeamFull);
+                }
+                chunk = chunk.min(left);
+            }
+            wait::wait(&shoal.inner, base + OFF_ROUND, round, Some(chunk))?;
+        };
+        // From here on, dropping the team leaves it.
+        let team = Self {
+            shoal: shoal.clone(),
+            base,
+            rank,
+            size,
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        barrier.wait_timeout(shoal, left)?;
         Ok(team)
+    }
+
+    /// Leaves the team (also done on drop); the last member to leave resets
+    /// it for the next round.
+    fn leave(&self) -> Result<(), SyncError> {
+        let departed = self.word(OFF_DEPARTED)?.fetch_add(1, Ordering::AcqRel) + 1;
+        if departed >= self.size {
+            self.word(OFF_DEPARTED)?.store(0, Ordering::Relaxed);
+            self.word(OFF_JOINED)?.store(0, Ordering::Release);
+            let round = self.word(OFF_ROUND)?;
+            round.fetch_add(1, Ordering::AcqRel);
+            wait::wake(&self.shoal.inner, self.base + OFF_ROUND, u32::MAX)?;
+        }
+        Ok(())
     }
 
     fn word(&self, rel: u64) -> Result<&AtomicU32, SyncError> {
@@ -211,6 +259,12 @@ impl Team {
         let got = bcast.load(Ordering::Acquire);
         self.barrier()?;
         Ok(got)
+    }
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        let _ = self.leave();
     }
 }
 

@@ -248,31 +248,47 @@ fn condvar_producer_consumer_loses_nothing() {
 
 #[test]
 fn team_ranks_reductions_and_broadcast() {
-    let (_r, s) = peers(3);
-    let threads: Vec<_> = (0..3)
-        .map(|i| {
-            let s = s[i].clone();
-            std::thread::spawn(move || {
-                let team = Team::join(&s, "t", 3).unwrap();
-                let r = team.rank();
-                let sum = team.sum_i64(i64::from(r) + 1).unwrap();
-                let max = team.max_f64(f64::from(r)).unwrap();
-                let min = team.min_i64(-(i64::from(r))).unwrap();
-                let b = team.broadcast(1, u64::from(r) * 100).unwrap();
-                (r, sum, max, min, b, team.range(10))
+    let (_r, s) = peers(4);
+    let run_round = |s: &[Shoal]| {
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let s = s[i].clone();
+                std::thread::spawn(move || {
+                    let team = Team::join(&s, "t", 3).unwrap();
+                    let r = team.rank();
+                    let sum = team.sum_i64(i64::from(r) + 1).unwrap();
+                    let max = team.max_f64(f64::from(r)).unwrap();
+                    let min = team.min_i64(-(i64::from(r))).unwrap();
+                    let b = team.broadcast(1, u64::from(r) * 100).unwrap();
+                    team.barrier().unwrap();
+                    (r, sum, max, min, b)
+                })
             })
-        })
-        .collect();
-    let mut ranks = Vec::new();
-    for t in threads {
-        let (r, sum, max, min, b, _range) = t.join().unwrap();
-        assert_eq!((sum, max, min, b), (6, 2.0, -2, 100));
-        ranks.push(r);
-    }
-    ranks.sort();
-    assert_eq!(ranks, vec![0, 1, 2]);
-    assert!(matches!(
-        Team::join(&s[0], "t", 3),
-        Err(SyncError::TeamFull)
-    ));
+            .collect();
+        let mut ranks = Vec::new();
+        for t in threads {
+            let (r, sum, max, min, b) = t.join().unwrap();
+            assert_eq!((sum, max, min, b), (6, 2.0, -2, 100));
+            ranks.push(r);
+        }
+        ranks.sort();
+        assert_eq!(ranks, vec![0, 1, 2]);
+    };
+    run_round(&s);
+    // Everyone left: the team resets and a second round works the same.
+    run_round(&s);
+}
+
+#[test]
+fn joining_a_full_team_times_out() {
+    let (_r, s) = peers(2);
+    let a = s[0].clone();
+    let member = std::thread::spawn(move || Team::join(&a, "solo", 1).map(|t| t.rank()));
+    assert_eq!(member.join().unwrap().unwrap(), 0);
+    // That member left; a new round can start at once.
+    let held = Team::join(&s[0], "solo", 1).unwrap();
+    let err = Team::join_timeout(&s[1], "solo", 1, Some(Duration::from_millis(30))).unwrap_err();
+    assert!(matches!(err, SyncError::TeamFull));
+    drop(held);
+    assert_eq!(Team::join(&s[1], "solo", 1).unwrap().rank(), 0);
 }
