@@ -41,6 +41,12 @@ fn member(size: u32) -> Result<(), Box<dyn Error>> {
     let (bins, _) = shoal.find_or_create("histogram-bins", (BINS * 8) as u64)?;
     let bins = shoal.slice(bins.cast::<AtomicU64>(), BINS)?;
     let team = Team::join(&shoal, "histogram", size)?;
+    // The bins may hold an earlier run's counts (same group): clear them
+    // before anyone adds.
+    if team.rank() == 0 {
+        bins.iter().for_each(|b| b.store(0, Ordering::Relaxed));
+    }
+    team.barrier()?;
     let range = team.range(ITEMS);
     let start = Instant::now();
     let chunk = (range.end - range.start).div_ceil(THREADS);
@@ -96,7 +102,8 @@ fn serve(members: u32) -> Result<(), Box<dyn Error>> {
     let stopper = server.stopper()?;
     let thread = std::thread::spawn(move || server.run());
     let exe = std::env::current_exe()?;
-    let children = (0..members)
+    let rounds = std::env::var("HISTOGRAM_ROUNDS").map_or(Ok(1), |r| r.parse::<u32>())?;
+    let children = (0..members * rounds)
         .map(|_| {
             Command::new(&exe)
                 .args(["member", &members.to_string()])

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 #[test]
-fn histogram_example_across_three_peers_matches_the_reference() {
+fn histogram_example_across_three_peers_matches_the_reference_twice() {
     // cargo test builds the examples next to the test binaries.
     let exe = std::env::current_exe().unwrap();
     let example = exe.ancestors().nth(2).unwrap().join("examples/histogram");
