@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `shoal` command: run a VM, serve a shared-memory group.
 
+mod api;
 mod group;
 mod logger;
 mod run;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Boot a VM and run it until the guest powers off.
     Run(run::RunArgs),
+    /// Talk to a running VM's control API.
+    Api(api::ApiArgs),
     /// Serve a shared-memory group, or show its members.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     logger::init(level);
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Api(args) => api::run(args),
         Command::Group(cmd) => match group::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

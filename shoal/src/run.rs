@@ -11,12 +11,19 @@ use vmm::config::{self, SerialOutput, VmConfig};
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Kernel: a PVH ELF, an ELF vmlinux or a bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "incoming"])]
     kernel: Option<PathBuf>,
     /// Start from the snapshot in DIR instead of booting (the snapshot's
     /// configuration is used; --serial may redirect its output).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "shmem_group", "shmem"])]
     restore: Option<PathBuf>,
+    /// Receive a migrating VM at URL (unix:PATH or tcp:HOST:PORT) instead of
+    /// booting; the sender's configuration is used, --serial may redirect.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["kernel", "restore", "initramfs", "cmdline", "cpus", "memory", "shmem_group", "shmem"])]
+    incoming: Option<String>,
+    /// Serve the control API (HTTP over a unix socket) at PATH.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
     initramfs: Option<PathBuf>,
@@ -43,15 +50,24 @@ pub struct RunArgs {
     shmem: Vec<String>,
 }
 
-fn launch(args: RunArgs) -> Result<vmm::Launch, config::ConfigError> {
-    if let Some(dir) = args.restore {
-        let serial = match args.serial.as_str() {
-            "stdout" => None,
-            s => Some(s.parse::<SerialOutput>()?),
-        };
-        return Ok(vmm::Launch::Restore { dir, serial });
+fn launch(args: RunArgs) -> Result<(vmm::Launch, vmm::RunOptions), config::ConfigError> {
+    let mut options = vmm::RunOptions {
+        api_socket: args.api_socket,
+        serial: None,
+    };
+    if args.restore.is_some() || args.incoming.is_some() {
+        // The saved configuration decides, unless --serial was given.
+        if args.serial != "stdout" {
+            options.serial = Some(args.serial.parse::<SerialOutput>()?);
+        }
     }
-    Ok(vmm::Launch::Boot(VmConfig {
+    if let Some(dir) = args.restore {
+        return Ok((vmm::Launch::Restore { dir }, options));
+    }
+    if let Some(url) = args.incoming {
+        return Ok((vmm::Launch::Incoming { url }, options));
+    }
+    let config = VmConfig {
         memory: config::parse_memory(&args.memory)?,
         serial: args.serial.parse::<SerialOutput>()?,
         kernel: args.kernel.unwrap_or_default(),
@@ -69,22 +85,28 @@ fn launch(args: RunArgs) -> Result<vmm::Launch, config::ConfigError> {
             .iter()
             .map(|g| g.parse())
             .collect::<Result<_, _>>()?,
-    }))
+    };
+    Ok((vmm::Launch::Boot(config), options))
 }
 
 /// Runs `shoal run`: 0 when the guest powers off.
 pub fn run(args: RunArgs) -> ExitCode {
-    let launch = match launch(args) {
+    let (launch, options) = match launch(args) {
         Ok(l) => l,
         Err(e) => {
             crate::report(&e);
             return ExitCode::from(2);
         }
     };
-    match vmm::run(launch) {
+    match vmm::run(launch, options) {
         Ok(vmm::ExitReason::PowerOff) => ExitCode::SUCCESS,
         Ok(vmm::ExitReason::Reset) => {
             eprintln!("shoal: the guest reset the machine (--no-reboot)");
+            ExitCode::SUCCESS
+        }
+        Ok(vmm::ExitReason::Shutdown) => ExitCode::SUCCESS,
+        Ok(vmm::ExitReason::Migrated) => {
+            eprintln!("shoal: the VM migrated and runs at the destination");
             ExitCode::SUCCESS
         }
         Ok(vmm::ExitReason::Signal(sig)) => {

@@ -43,6 +43,7 @@ pub(crate) enum RamSource<'a> {
 }
 
 /// A VM whose vCPUs exist but do not run yet.
+#[derive(Debug)]
 pub(crate) struct BuiltVm {
     vm: Arc<dyn Vm>,
     ram: GuestRam,

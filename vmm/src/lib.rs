@@ -10,9 +10,11 @@
 pub mod api;
 mod boot;
 pub mod config;
+mod control;
 pub mod device_manager;
 pub mod interrupts;
 pub mod memory;
+mod migrate;
 pub mod migration;
 pub mod shmem;
 mod signals;
@@ -21,7 +23,8 @@ pub mod state;
 pub mod vcpu;
 mod vm;
 
-pub use vm::{run, Error, Launch};
+pub use control::{run, Launch, RunOptions};
+pub use vm::Error;
 
 /// What the control loop hears about.
 #[derive(Debug)]
@@ -34,6 +37,11 @@ pub enum VmEvent {
     Failed(String),
     /// The VMM process received a terminating signal.
     Signal(i32),
+    /// A control API request and where to answer it.
+    Api(api::ApiMessage),
+    /// An outgoing migration ended: committed at the destination (`Ok`) or
+    /// failed with the VM still running here (`Err`).
+    MigrationDone(Result<migration::MigrationReport, String>),
 }
 
 /// Why a VM stopped, when it stopped cleanly.
@@ -44,4 +52,8 @@ pub enum ExitReason {
     Reset,
     /// SIGTERM, SIGINT or SIGHUP.
     Signal(i32),
+    /// The control API asked for it.
+    Shutdown,
+    /// The VM migrated away and runs at the destination.
+    Migrated,
 }

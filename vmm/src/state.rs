@@ -82,6 +82,13 @@ impl RunningVm {
         resume_all(&self.run);
     }
 
+    /// Resumes when `running` (after a failed operation on a running VM).
+    pub(crate) fn resume_if(&self, running: bool) {
+        if running {
+            self.resume();
+        }
+    }
+
     /// Writes a snapshot of the VM into `dir`; the VM is paused meanwhile
     /// and runs again afterwards unless `stay_paused`.
     pub(crate) fn snapshot_to(&self, dir: &Path, stay_paused: bool) -> Result<SaveReport, Error> {

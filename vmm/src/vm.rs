@@ -1,19 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Building a VM from its configuration, and the control loop that runs it.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
-use hypervisor::kvm::KvmHypervisor;
 use hypervisor::Vm;
 
-use crate::boot::{boot, RamSource, Start};
 use crate::config::{self, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{GuestRam, MemoryError};
 use crate::shmem::{self, ShmemDevice};
 use crate::vcpu::{stop_all, RunState, VcpuThread};
-use crate::{signals, ExitReason, VmEvent};
 
 /// Errors that stop a VM from booting or running.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +44,10 @@ pub enum Error {
     Guest(String),
     #[error("VM state")]
     State(#[from] crate::state::StateError),
+    #[error("control API")]
+    Api(#[source] crate::api::ApiError),
+    #[error("migration")]
+    Migration(#[source] crate::migration::MigrationError),
 }
 
 /// A booted VM with its vCPU threads running.
@@ -78,89 +78,5 @@ impl RunningVm {
 impl Drop for RunningVm {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn control_loop(rx: &Receiver<VmEvent>) -> VmEvent {
-    // The sender side lives in `run`, so recv only fails if that is gone.
-    rx.recv()
-        .unwrap_or_else(|_| VmEvent::Failed("control channel closed".into()))
-}
-
-/// How `run` gets its VM.
-#[derive(Debug)]
-pub enum Launch {
-    /// Boot this configuration.
-    Boot(VmConfig),
-    /// Restore the snapshot in this directory; `serial` overrides where the
-    /// restored VM's serial output goes.
-    Restore {
-        dir: std::path::PathBuf,
-        serial: Option<config::SerialOutput>,
-    },
-}
-
-/// Builds the first VM of `launch`; returns it and its configuration.
-fn first_boot(
-    hyp: &KvmHypervisor,
-    launch: &Launch,
-    events: &Sender<VmEvent>,
-) -> Result<(RunningVm, VmConfig), Error> {
-    match launch {
-        Launch::Boot(config) => Ok((boot(hyp, config, events, Start::Fresh)?, config.clone())),
-        Launch::Restore { dir, serial } => {
-            let loaded = crate::snapshot::load(dir).map_err(|e| Error::State(e.into()))?;
-            let mut config = crate::state::saved_config(&loaded.snapshot)?;
-            if let Some(serial) = serial {
-                config.serial = serial.clone();
-            }
-            if config.memory != loaded.ram_size {
-                return Err(Error::State(
-                    crate::snapshot::SnapshotError::RamSize {
-                        found: config.memory,
-                        expected: loaded.ram_size,
-                    }
-                    .into(),
-                ));
-            }
-            let fill = |ram: &GuestRam| {
-                crate::snapshot::restore_memory(dir, ram.file(), ram.size())
-                    .map(|_| ())
-                    .map_err(|e| Error::State(e.into()))
-            };
-            let start = Start::Restore {
-                state: &loaded.snapshot,
-                ram: RamSource::Fill(&fill),
-            };
-            let vm = boot(hyp, &config, events, start)?;
-            log::info!("restored the VM saved in {}", dir.display());
-            Ok((vm, config))
-        }
-    }
-}
-
-/// Runs a VM until the guest powers off, a signal arrives, or something
-/// fails. Reboots on guest reset when the configuration says so.
-pub fn run(launch: Launch) -> Result<ExitReason, Error> {
-    let hyp = KvmHypervisor::new()?;
-    let (tx, rx) = channel();
-    signals::forward_terminating_signals(tx.clone()).map_err(Error::Thread)?;
-    let (mut vm, config) = first_boot(&hyp, &launch, &tx)?;
-    loop {
-        let event = control_loop(&rx);
-        vm.stop();
-        drop(vm);
-        match event {
-            VmEvent::PowerOff => return Ok(ExitReason::PowerOff),
-            VmEvent::Signal(sig) => return Ok(ExitReason::Signal(sig)),
-            VmEvent::Failed(why) => return Err(Error::Guest(why)),
-            VmEvent::Reset if config.reboot => {
-                log::info!("guest reset: rebooting");
-                // Drop events that raced with the reset (e.g. a second vCPU's).
-                while rx.try_recv().is_ok() {}
-                vm = boot(&hyp, &config, &tx, Start::Fresh)?;
-            }
-            VmEvent::Reset => return Ok(ExitReason::Reset),
-        }
     }
 }

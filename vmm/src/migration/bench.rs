@@ -129,3 +129,35 @@ fn bench_migration_1gib() {
     let r = migrate(&fast, &sock("fast"), SendOptions::new);
     print("dirtying flat out over unix", &r, GIB);
 }
+
+/// What one GiB costs in each step a migration takes (for comparison).
+#[test]
+#[ignore = "benchmark: run by hand in release mode"]
+fn bench_migration_steps_per_gib() {
+    use std::os::unix::fs::FileExt;
+    let buf = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut c = 0;
+    for _ in 0..1024 {
+        c ^= crate::snapshot::crc::crc32c(&buf);
+    }
+    println!("crc32c                 {:?} ({c:x})", t.elapsed());
+    let t = Instant::now();
+    let zero = (0..1024)
+        .flat_map(|_| buf.chunks(4096))
+        .filter(|p| crate::snapshot::memory::is_zero(p))
+        .count();
+    println!("zero-page test         {:?} ({zero})", t.elapsed());
+    let f = crate::memory::create_memfd("bench", GIB).unwrap();
+    let t = Instant::now();
+    for i in 0..1024u64 {
+        f.write_all_at(&buf, i << 20).unwrap();
+    }
+    println!("write into fresh RAM   {:?}", t.elapsed());
+    let mut rb = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    for i in 0..1024u64 {
+        f.read_exact_at(&mut rb, i << 20).unwrap();
+    }
+    println!("read from RAM          {:?}", t.elapsed());
+}

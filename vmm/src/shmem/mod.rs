@@ -115,6 +115,7 @@ impl BarRelocator for Relocator {
 #[derive(Debug)]
 pub struct ShmemDevice {
     bdf: PciBdf,
+    group: Option<GroupMembership>,
     dev: Arc<Mutex<Ivshmem>>,
     relocator: Arc<Relocator>,
     description: String,
@@ -132,6 +133,11 @@ impl ShmemDevice {
     /// `group <socket>` or `file <path>`, for logs and the API.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// The group this device is a member of (`None` for a plain file).
+    pub fn group_info(&self) -> Option<GroupMembership> {
+        self.group.clone()
     }
 
     /// Name of this device's state in a snapshot.
@@ -182,6 +188,17 @@ impl Drop for ShmemDevice {
             v.unwire_all();
         }
     }
+}
+
+/// A device's membership in a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMembership {
+    /// Group name (from the region header).
+    pub name: String,
+    pub peer_id: u16,
+    pub region_size: u64,
+    /// The server's socket.
+    pub socket: String,
 }
 
 /// What the device needs from the VM.
@@ -299,6 +316,12 @@ pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, 
         None => u16::try_from(server_vectors).unwrap_or(u16::MAX),
     };
     let mapping = Mapping::new(peer.memfd()).map_err(|e| ShmemError::Map(cfg.socket.clone(), e))?;
+    let membership = GroupMembership {
+        name: peer.region().map(|r| r.name()).unwrap_or_default(),
+        peer_id: peer.id(),
+        region_size: mapping.len() as u64,
+        socket: cfg.socket.display().to_string(),
+    };
     let own: Vec<RawFd> = (0..u32::from(vectors))
         .filter_map(|v| peer.vector_fd(v))
         .collect();
@@ -351,6 +374,7 @@ pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, 
         .map_err(ShmemError::Thread)?;
     Ok(ShmemDevice {
         bdf,
+        group: Some(membership),
         dev,
         relocator,
         description: format!("group {}", cfg.socket.display()),
@@ -395,6 +419,7 @@ pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDev
     } = add_device(p, device_cfg, &mapping, doorbells, None)?;
     Ok(ShmemDevice {
         bdf,
+        group: None,
         dev,
         relocator,
         description: format!("file {}", cfg.path.display()),

@@ -1,0 +1,375 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The control loop: one thread that owns the VM's lifecycle. Guest
+//! power-off and reset, signals, API requests and migration results all
+//! arrive here as [`VmEvent`]s and are handled one at a time.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use hypervisor::kvm::KvmHypervisor;
+
+use crate::api::{
+    ApiMessage, ApiRequest, ApiResponse, ApiServer, DeviceInfo, GroupInfo, VcpuInfo, VmInfo,
+    VmRunState,
+};
+use crate::boot::{boot, RamSource, Start};
+use crate::config::{SerialOutput, VmConfig};
+use crate::memory::GuestRam;
+use crate::migrate::{IncomingVm, VmSource};
+use crate::migration::{self, MigrationProgress, MigrationUrl};
+use crate::vm::{Error, RunningVm};
+use crate::{signals, ExitReason, VmEvent};
+
+/// How `run` gets its VM.
+#[derive(Debug)]
+pub enum Launch {
+    /// Boot this configuration.
+    Boot(VmConfig),
+    /// Restore the snapshot in `dir`.
+    Restore { dir: PathBuf },
+    /// Receive a migrating VM at `url` (`unix:PATH` or `tcp:HOST:PORT`).
+    Incoming { url: String },
+}
+
+/// Options of `run` besides the VM itself.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Serve the control API on this unix socket.
+    pub api_socket: Option<PathBuf>,
+    /// For restore and incoming migration: where serial output goes (the
+    /// saved configuration's choice otherwise).
+    pub serial: Option<SerialOutput>,
+}
+
+fn restore(
+    hyp: &KvmHypervisor,
+    dir: &std::path::Path,
+    serial: &Option<SerialOutput>,
+    events: &Sender<VmEvent>,
+) -> Result<RunningVm, Error> {
+    let loaded = crate::snapshot::load(dir).map_err(|e| Error::State(e.into()))?;
+    let mut config = crate::state::saved_config(&loaded.snapshot)?;
+    if let Some(serial) = serial {
+        config.serial = serial.clone();
+    }
+    if config.memory != loaded.ram_size {
+        return Err(Error::State(
+            crate::snapshot::SnapshotError::RamSize {
+                found: config.memory,
+                expected: loaded.ram_size,
+            }
+            .into(),
+        ));
+    }
+    let fill = |ram: &GuestRam| {
+        crate::snapshot::restore_memory(dir, ram.file(), ram.size())
+            .map(|_| ())
+            .map_err(|e| Error::State(e.into()))
+    };
+    let start = Start::Restore {
+        state: &loaded.snapshot,
+        ram: RamSource::Fill(&fill),
+    };
+    let vm = boot(hyp, &config, events, start)?;
+    log::info!("restored the VM saved in {}", dir.display());
+    Ok(vm)
+}
+
+fn receive(
+    hyp: &KvmHypervisor,
+    url: &str,
+    serial: &Option<SerialOutput>,
+    events: &Sender<VmEvent>,
+) -> Result<RunningVm, Error> {
+    let url = MigrationUrl::parse(url).map_err(|e| Error::Migration(e.into()))?;
+    let listener = url.listen().map_err(|e| Error::Migration(e.into()))?;
+    log::info!("waiting for an incoming migration");
+    let stream = listener.accept().map_err(|e| Error::Migration(e.into()))?;
+    let mut target = IncomingVm::new(hyp, events.clone(), serial.clone());
+    let report = migration::receive(stream, &mut target).map_err(Error::Migration)?;
+    log::info!(
+        "received the VM: {} bytes, {} pages with data, {} zero pages{}",
+        report.bytes,
+        report.pages_data,
+        report.pages_zero,
+        if report.local {
+            ", RAM handed over"
+        } else {
+            ""
+        }
+    );
+    let vm = target
+        .into_running()
+        .ok_or_else(|| Error::Guest("the incoming VM did not start".into()))?;
+    Arc::try_unwrap(vm).map_err(|_| Error::Guest("the incoming VM is still shared".into()))
+}
+
+/// Runs a VM until the guest powers off, a signal arrives, the VM migrates
+/// away, or something fails. Reboots on guest reset when the configuration
+/// says so.
+pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
+    let hyp = KvmHypervisor::new()?;
+    let (tx, rx) = channel();
+    signals::forward_terminating_signals(tx.clone()).map_err(Error::Thread)?;
+    let _api = match &options.api_socket {
+        Some(path) => Some(start_api(path, tx.clone())?),
+        None => None,
+    };
+    let vm = match &launch {
+        Launch::Boot(config) => boot(&hyp, config, &tx, Start::Fresh)?,
+        Launch::Restore { dir } => restore(&hyp, dir, &options.serial, &tx)?,
+        Launch::Incoming { url } => receive(&hyp, url, &options.serial, &tx)?,
+    };
+    Control {
+        hyp: &hyp,
+        events: tx,
+        vm: Arc::new(vm),
+        paused: false,
+        migration: Arc::new(MigrationProgress::default()),
+        migrating: false,
+    }
+    .run(&rx)
+}
+
+/// Forwards API requests into the control loop's channel.
+fn start_api(path: &std::path::Path, events: Sender<VmEvent>) -> Result<ApiServer, Error> {
+    let (api_tx, api_rx) = channel::<ApiMessage>();
+    let server = ApiServer::start(path, api_tx).map_err(Error::Api)?;
+    std::thread::Builder::new()
+        .name("api-forward".into())
+        .spawn(move || {
+            while let Ok(msg) = api_rx.recv() {
+                if events.send(VmEvent::Api(msg)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(Error::Thread)?;
+    Ok(server)
+}
+
+struct Control<'a> {
+    hyp: &'a KvmHypervisor,
+    events: Sender<VmEvent>,
+    vm: Arc<RunningVm>,
+    paused: bool,
+    migration: Arc<MigrationProgress>,
+    migrating: bool,
+}
+
+/// What the loop does after an event.
+enum Next {
+    Continue,
+    Exit(Result<ExitReason, Error>),
+}
+
+impl Control<'_> {
+    fn run(mut self, rx: &Receiver<VmEvent>) -> Result<ExitReason, Error> {
+        loop {
+            // The sender side lives in `self.events`: recv cannot fail.
+            let Ok(event) = rx.recv() else {
+                return Err(Error::Guest("control channel closed".into()));
+            };
+            match self.handle(event, rx) {
+                Next::Continue => {}
+                Next::Exit(result) => {
+                    self.vm.stop();
+                    return result;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, event: VmEvent, rx: &Receiver<VmEvent>) -> Next {
+        match event {
+            VmEvent::PowerOff => Next::Exit(Ok(ExitReason::PowerOff)),
+            VmEvent::Signal(sig) => Next::Exit(Ok(ExitReason::Signal(sig))),
+            VmEvent::Failed(why) => Next::Exit(Err(Error::Guest(why))),
+            VmEvent::Reset if self.vm.config.reboot && !self.migrating => {
+                log::info!("guest reset: rebooting");
+                self.vm.stop();
+                // Drop events that raced with the reset (e.g. a second vCPU's).
+                while let Ok(VmEvent::Reset | VmEvent::PowerOff) = rx.try_recv() {}
+                let config = self.vm.config.clone();
+                match boot(self.hyp, &config, &self.events, Start::Fresh) {
+                    Ok(vm) => {
+                        self.vm = Arc::new(vm);
+                        self.paused = false;
+                        Next::Continue
+                    }
+                    Err(e) => Next::Exit(Err(e)),
+                }
+            }
+            VmEvent::Reset => Next::Exit(Ok(ExitReason::Reset)),
+            VmEvent::Api((request, reply)) => {
+                let (response, next) = self.api(request);
+                let _ = reply.send(response);
+                next
+            }
+            VmEvent::MigrationDone(result) => {
+                self.migrating = false;
+                match result {
+                    Ok(report) => {
+                        log::info!(
+                            "migration complete in {} ms, downtime {} ms, {} bytes sent: the VM runs at the destination",
+                            report.total_ms,
+                            report.downtime_ms,
+                            report.bytes_total
+                        );
+                        Next::Exit(Ok(ExitReason::Migrated))
+                    }
+                    Err(why) => {
+                        log::error!("migration failed, the VM keeps running here: {why}");
+                        Next::Continue
+                    }
+                }
+            }
+        }
+    }
+
+    fn info(&self) -> VmInfo {
+        let vcpus = self
+            .vm
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|t| VcpuInfo { id: t.id() })
+            .collect();
+        let mut devices = vec![
+            DeviceInfo {
+                name: "com1".into(),
+                kind: "serial".into(),
+                bdf: None,
+            },
+            DeviceInfo {
+                name: "i8042".into(),
+                kind: "i8042".into(),
+                bdf: None,
+            },
+            DeviceInfo {
+                name: "acpi-pm".into(),
+                kind: "acpi".into(),
+                bdf: None,
+            },
+            DeviceInfo {
+                name: "host-bridge".into(),
+                kind: "pci-root".into(),
+                bdf: Some("00:00.0".into()),
+            },
+        ];
+        let mut groups = Vec::new();
+        for s in &self.vm.shared {
+            devices.push(DeviceInfo {
+                name: s.description().to_string(),
+                kind: "ivshmem".into(),
+                bdf: Some(s.bdf().to_string()),
+            });
+            if let Some(g) = s.group_info() {
+                groups.push(GroupInfo {
+                    name: g.name,
+                    peer_id: u32::from(g.peer_id),
+                    region_size: g.region_size,
+                    server: Some(g.socket),
+                });
+            }
+        }
+        VmInfo {
+            config: serde_json::to_value(&self.vm.config).unwrap_or_default(),
+            state: if self.paused {
+                VmRunState::Paused
+            } else {
+                VmRunState::Running
+            },
+            vcpus,
+            devices,
+            groups,
+        }
+    }
+
+    fn api(&mut self, request: ApiRequest) -> (ApiResponse, Next) {
+        let busy = || ApiResponse::conflict("a migration is in progress");
+        let response = match request {
+            ApiRequest::VmInfo => ApiResponse::json(&self.info()),
+            ApiRequest::VmPause if self.migrating => busy(),
+            ApiRequest::VmPause => {
+                self.vm.pause();
+                self.paused = true;
+                ApiResponse::ok()
+            }
+            ApiRequest::VmResume if self.migrating => busy(),
+            ApiRequest::VmResume => {
+                self.vm.resume();
+                self.paused = false;
+                ApiResponse::ok()
+            }
+            ApiRequest::VmShutdown => {
+                return (ApiResponse::ok(), Next::Exit(Ok(ExitReason::Shutdown)));
+            }
+            ApiRequest::VmSnapshot { .. } if self.migrating => busy(),
+            ApiRequest::VmSnapshot { destination } => {
+                match self.vm.snapshot_to(&destination, true) {
+                    Ok(report) => {
+                        self.paused = true;
+                        ApiResponse::json(&serde_json::json!({
+                            "destination": destination,
+                            "state_bytes": report.state_bytes,
+                            "memory_data_bytes": report.memory.data_bytes,
+                        }))
+                    }
+                    Err(e) => {
+                        self.vm.resume_if(!self.paused);
+                        ApiResponse::error(500, &migration::error_chain(&e))
+                    }
+                }
+            }
+            ApiRequest::VmRestore { .. } => {
+                ApiResponse::conflict("a VM is running: restore with `shoal run --restore DIR`")
+            }
+            ApiRequest::ReceiveMigration(_) => {
+                ApiResponse::conflict("a VM is running: receive with `shoal run --incoming URL`")
+            }
+            ApiRequest::SendMigration(_) if self.migrating => busy(),
+            ApiRequest::SendMigration(opts) => self.send_migration(opts),
+            ApiRequest::MigrationStatus => ApiResponse::json(&self.migration.status()),
+            ApiRequest::MigrationCancel => {
+                if self.migrating {
+                    self.migration.cancel();
+                    ApiResponse::accepted()
+                } else {
+                    ApiResponse::conflict("no migration is in progress")
+                }
+            }
+        };
+        (response, Next::Continue)
+    }
+
+    fn send_migration(&mut self, opts: migration::SendOptions) -> ApiResponse {
+        if let Err(e) = MigrationUrl::parse(&opts.destination_url) {
+            return ApiResponse::error(400, &migration::error_chain(&e));
+        }
+        let progress = Arc::new(MigrationProgress::default());
+        let source = Arc::new(VmSource::new(self.vm.clone()));
+        let events = self.events.clone();
+        let was_paused = self.paused;
+        let vm = self.vm.clone();
+        let done = move |result: Result<migration::MigrationReport, migration::MigrationError>| {
+            if result.is_err() && was_paused {
+                // The sender resumed the VM on failure; it was paused before.
+                vm.pause();
+            }
+            let _ = events.send(VmEvent::MigrationDone(
+                result.map_err(|e| migration::error_chain(&e)),
+            ));
+        };
+        match migration::spawn_send(source, opts, progress.clone(), done) {
+            Ok(_) => {
+                self.migration = progress;
+                self.migrating = true;
+                ApiResponse::accepted()
+            }
+            Err(e) => ApiResponse::error(500, &migration::error_chain(&e)),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The real VM behind the migration state machines of [`crate::migration`]:
+//! [`VmSource`] (a running VM being sent) and [`IncomingVm`] (a VM being
+//! received, started only after the commit).
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hypervisor::kvm::KvmHypervisor;
+
+use crate::boot::{build, BuiltVm, RamSource, Start};
+use crate::config::VmConfig;
+use crate::memory::create_memfd;
+use crate::migration::{Hello, HookError, MigrationSource, MigrationTarget};
+use crate::snapshot::VmSnapshot;
+use crate::vm::RunningVm;
+use crate::VmEvent;
+
+/// Length of one throttling period.
+const THROTTLE_PERIOD: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Default)]
+struct Throttle {
+    percent: Arc<std::sync::atomic::AtomicU8>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A running VM as a migration source.
+#[derive(Debug)]
+pub(crate) struct VmSource {
+    vm: Arc<RunningVm>,
+    throttle: Mutex<Throttle>,
+}
+
+impl VmSource {
+    pub(crate) fn new(vm: Arc<RunningVm>) -> Self {
+        VmSource {
+            vm,
+            throttle: Mutex::new(Throttle::default()),
+        }
+    }
+
+    fn stop_throttle(&self) {
+        let mut t = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        t.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(h) = t.thread.take() {
+            let _ = h.join();
+        }
+        t.percent.store(0, std::sync::atomic::Ordering::Release);
+        t.stop.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for VmSource {
+    fn drop(&mut self) {
+        self.stop_throttle();
+    }
+}
+
+impl MigrationSource for VmSource {
+    fn ram_size(&self) -> u64 {
+        self.vm.ram.size()
+    }
+
+    fn ram_fd(&self) -> BorrowedFd<'_> {
+        self.vm.ram.file().as_fd()
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.vm.config).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn read_ram(&self, offset: u64, buf: &mut [u8]) -> Result<(), HookError> {
+        self.vm.ram.file().read_exact_at(buf, offset)?;
+        Ok(())
+    }
+
+    fn start_dirty_log(&self) -> Result<(), HookError> {
+        self.vm.ram.set_dirty_logging(self.vm.vm.as_ref(), true)?;
+        self.vm.ram.take_dirty_bitmap(self.vm.vm.as_ref())?;
+        Ok(())
+    }
+
+    fn stop_dirty_log(&self) {
+        if let Err(e) = self.vm.ram.set_dirty_logging(self.vm.vm.as_ref(), false) {
+            log::warn!("migration: cannot stop dirty logging: {e}");
+        }
+    }
+
+    fn take_dirty_bitmap(&self) -> Result<Vec<u64>, HookError> {
+        Ok(self.vm.ram.take_dirty_bitmap(self.vm.vm.as_ref())?)
+    }
+
+    fn pause(&self) -> Result<(), HookError> {
+        self.stop_throttle();
+        self.vm.pause();
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), HookError> {
+        self.vm.resume();
+        Ok(())
+    }
+
+    fn throttle(&self, percent: u8) {
+        let percent = percent.min(99);
+        let mut t = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        t.percent
+            .store(percent, std::sync::atomic::Ordering::Release);
+        if percent == 0 || t.thread.is_some() {
+            return;
+        }
+        log::info!("migration: throttling the vCPUs ({percent}%) to converge");
+        let vm = self.vm.clone();
+        let level = t.percent.clone();
+        let stop = t.stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("migration-throttle".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                while !stop.load(Ordering::Acquire) {
+                    let p = u32::from(level.load(Ordering::Acquire));
+                    if p == 0 {
+                        std::thread::sleep(THROTTLE_PERIOD);
+                        continue;
+                    }
+                    vm.pause();
+                    std::thread::sleep(THROTTLE_PERIOD * p / 100);
+                    vm.resume();
+                    std::thread::sleep(THROTTLE_PERIOD * (100 - p) / 100);
+                }
+            });
+        match spawned {
+            Ok(h) => t.thread = Some(h),
+            Err(e) => log::warn!("migration: cannot start throttling: {e}"),
+        }
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, HookError> {
+        let state = self.vm.capture()?;
+        Ok(state.to_body()?)
+    }
+}
+
+/// Where an incoming VM is in its reception.
+#[derive(Debug, Default)]
+enum Incoming {
+    #[default]
+    Waiting,
+    /// RAM is arriving into this memfd.
+    Ram { config: VmConfig, file: File },
+    /// Built from the received state, not running.
+    Built(Box<BuiltVm>),
+    /// Started.
+    Running(Arc<RunningVm>),
+}
+
+/// A VM being received.
+pub(crate) struct IncomingVm<'a> {
+    hyp: &'a KvmHypervisor,
+    events: Sender<VmEvent>,
+    /// Overrides the sender's serial output (the destination's own choice).
+    serial: Option<crate::config::SerialOutput>,
+    state: Incoming,
+}
+
+impl std::fmt::Debug for IncomingVm<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingVm")
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl<'a> IncomingVm<'a> {
+    pub(crate) fn new(
+        hyp: &'a KvmHypervisor,
+        events: Sender<VmEvent>,
+        serial: Option<crate::config::SerialOutput>,
+    ) -> Self {
+        IncomingVm {
+            hyp,
+            events,
+            serial,
+            state: Incoming::Waiting,
+        }
+    }
+
+    /// The started VM, once [`MigrationTarget::start`] ran.
+    pub(crate) fn into_running(self) -> Option<Arc<RunningVm>> {
+        match self.state {
+            Incoming::Running(vm) => Some(vm),
+            _ => None,
+        }
+    }
+
+    fn ram_file(&self) -> Result<&File, HookError> {
+        match &self.state {
+            Incoming::Ram { file, .. } => Ok(file),
+            _ => Err("guest RAM arrived before the VM configuration".into()),
+        }
+    }
+}
+
+impl MigrationTarget for IncomingVm<'_> {
+    fn prepare(&mut self, hello: &Hello) -> Result<(), HookError> {
+        let mut config: VmConfig = serde_json::from_value(hello.config.clone())?;
+        if config.memory != hello.ram_size {
+            return Err(format!(
+                "the configuration has {} bytes of RAM but {} bytes are announced",
+                config.memory, hello.ram_size
+            )
+            .into());
+        }
+        if let Some(serial) = &self.serial {
+            config.serial = serial.clone();
+        }
+        let file = if hello.local {
+            // The memfd comes with adopt_ram_fd.
+            create_memfd("shoal-guest-ram-placeholder", 0)?
+        } else {
+            create_memfd("shoal-guest-ram", hello.ram_size)?
+        };
+        self.state = Incoming::Ram { config, file };
+        Ok(())
+    }
+
+    fn write_ram(&mut self, offset: u64, data: &[u8]) -> Result<(), HookError> {
+        self.ram_file()?.write_all_at(data, offset)?;
+        Ok(())
+    }
+
+    fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError> {
+        let file = self.ram_file()?;
+        let zeros = vec![0u8; 1 << 16];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError> {
+        match &mut self.state {
+            Incoming::Ram { config, file } => {
+                if config.memory != size {
+                    return Err(format!(
+                        "the handed-over RAM is {size} bytes, the configuration says {}",
+                        config.memory
+                    )
+                    .into());
+                }
+                *file = File::from(fd);
+                Ok(())
+            }
+            _ => Err("the RAM file arrived before the VM configuration".into()),
+        }
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), HookError> {
+        let Incoming::Ram { config, file } = std::mem::take(&mut self.state) else {
+            return Err("the VM state arrived before the VM configuration".into());
+        };
+        let snapshot = VmSnapshot::from_body(state)?;
+        let start = Start::Restore {
+            state: &snapshot,
+            ram: RamSource::File(file),
+        };
+        let built = build(self.hyp, &config, &self.events, start)?;
+        self.state = Incoming::Built(Box::new(built));
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<(), HookError> {
+        let Incoming::Built(built) = std::mem::take(&mut self.state) else {
+            return Err("start before the VM state was restored".into());
+        };
+        let running = built.start(&self.events)?;
+        self.state = Incoming::Running(Arc::new(running));
+        Ok(())
+    }
+}
