@@ -280,7 +280,7 @@ impl MigrationTarget for FakeTarget {
 
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError> {
         let ram = self.ram.as_ref().ok_or("no RAM")?;
-        punch_hole(ram, offset, len)
+        Ok(crate::snapshot::memory::punch_hole(ram, offset, len)?)
     }
 
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError> {
@@ -301,24 +301,4 @@ impl MigrationTarget for FakeTarget {
         self.started = true;
         Ok(())
     }
-}
-
-/// Zeroes a range of a memfd by freeing its pages (cheap, unlike writing zeros).
-pub fn punch_hole(file: &File, offset: u64, len: u64) -> Result<(), HookError> {
-    let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err("range too large".into());
-    };
-    // SAFETY: fallocate on a valid fd only changes that file's contents.
-    let r = unsafe {
-        libc::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(file),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            l,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
 }

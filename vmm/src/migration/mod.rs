@@ -110,14 +110,15 @@ pub trait MigrationSource {
 /// The VM being built from an incoming migration.
 pub trait MigrationTarget {
     /// Creates the VM (not running) for `hello.config` with `hello.ram_size`
-    /// bytes of RAM; with `hello.local` the RAM comes from
+    /// bytes of RAM, all zero (zero pages of the first pass are not written);
+    /// with `hello.local` the RAM comes from
     /// [`MigrationTarget::adopt_ram_fd`] instead.
     fn prepare(&mut self, hello: &Hello) -> Result<(), HookError>;
     /// Writes guest RAM at `offset`.
     fn write_ram(&mut self, offset: u64, data: &[u8]) -> Result<(), HookError>;
-    /// Zeroes `len` bytes of guest RAM at `offset`. Every page of the first
-    /// pass comes as data or as zero: make this cheap (punch a hole in the
-    /// memfd, or skip pages known to be untouched), never write zeros.
+    /// Zeroes `len` bytes of guest RAM at `offset` (a page that was written
+    /// in an earlier iteration and is zero now). Make it cheap:
+    /// `snapshot::memory::punch_hole` on the memfd rather than writing zeros.
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError>;
     /// Takes the source's RAM memfd (same-host migration).
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError>;

@@ -154,6 +154,9 @@ impl Receiver<'_> {
         writer.flush().map_err(MigrationError::Send)?;
 
         let mut state = Vec::new();
+        // Until the first iteration ends, every page arrives once and the
+        // target's RAM is fresh: zero pages need no write.
+        let mut first_pass = !hello.local;
         loop {
             match reader.next_message()? {
                 Message::Pages(p) if !hello.local => {
@@ -165,9 +168,12 @@ impl Receiver<'_> {
                             ram_size: self.ram_size,
                         });
                     }
-                    self.write_pages(&p)?;
+                    self.write_pages(&p, first_pass)?;
                 }
-                Message::IterationEnd { .. } => self.report.iterations += 1,
+                Message::IterationEnd { .. } => {
+                    self.report.iterations += 1;
+                    first_pass = false;
+                }
                 Message::State(s) => {
                     state.clear();
                     state.extend_from_slice(s);
@@ -193,7 +199,11 @@ impl Receiver<'_> {
         }
     }
 
-    fn write_pages(&mut self, p: &super::frame::Pages<'_>) -> Result<(), MigrationError> {
+    fn write_pages(
+        &mut self,
+        p: &super::frame::Pages<'_>,
+        fresh_ram: bool,
+    ) -> Result<(), MigrationError> {
         for (first, n, data) in p.runs() {
             let offset = first * PAGE_SIZE as u64;
             let n = u64::from(n);
@@ -204,6 +214,7 @@ impl Receiver<'_> {
                         .write_ram(offset, d)
                         .map_err(|e| MigrationError::Vm("write its RAM", e))?;
                 }
+                None if fresh_ram => self.report.pages_zero += n,
                 None => {
                     self.report.pages_zero += n;
                     self.target

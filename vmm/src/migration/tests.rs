@@ -494,3 +494,46 @@ fn fuzz_stream_survives_truncations_of_a_real_stream() {
         fuzz_stream(&flipped);
     }
 }
+
+#[test]
+fn page_zeroed_after_the_first_pass_is_zeroed_at_the_destination() {
+    let mut bytes = Vec::new();
+    {
+        let mut w = FrameWriter::new(&mut bytes);
+        let hello = serde_json::to_vec(&Hello {
+            ram_size: MIB,
+            page_size: 4096,
+            local: false,
+            config: serde_json::json!({}),
+        })
+        .unwrap();
+        w.send(Kind::Hello, &[&hello]).unwrap();
+        w.send_pages(3, 2, &[0], &[9u8; 8192]).unwrap();
+        w.send_iteration_end(0, 256).unwrap();
+        // Page 3 was rewritten with zeros: only its flag comes.
+        w.send_pages(3, 1, &[1], &[]).unwrap();
+        w.send_iteration_end(1, 1).unwrap();
+        w.send(Kind::State, &[b"{}"]).unwrap();
+        w.send(Kind::Commit, &[]).unwrap();
+        w.flush().unwrap();
+    }
+    let mut target = FakeTarget::default();
+    let report = receiver::receive_frames(
+        FrameReader::new(&bytes[..]),
+        FrameWriter::new(std::io::sink()),
+        None,
+        &mut target,
+    )
+    .unwrap();
+    assert_eq!(report.iterations, 2);
+    let ram = target.ram_bytes().unwrap();
+    assert!(
+        ram[3 * 4096..4 * 4096].iter().all(|&b| b == 0),
+        "page 3 must be zero"
+    );
+    assert!(
+        ram[4 * 4096..5 * 4096].iter().all(|&b| b == 9),
+        "page 4 keeps its data"
+    );
+    assert!(target.started);
+}
