@@ -211,10 +211,21 @@ fn main() -> Result<(), Box<dyn Error>> {
     let a = Shoal::open_host(&socket)?;
     let b = Shoal::open_host(&socket)?;
     std::thread::sleep(Duration::from_millis(10));
-    mutex(&a)?;
-    ping_pong(&a, &b)?;
-    barrier(&a, &b)?;
-    alloc(&a)?;
+    // BENCH_ONLY=mutex|wake|barrier|alloc runs one of them (for profiling).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only == name;
+    if run("mutex") {
+        mutex(&a)?;
+    }
+    if run("wake") {
+        ping_pong(&a, &b)?;
+    }
+    if run("barrier") {
+        barrier(&a, &b)?;
+    }
+    if run("alloc") {
+        alloc(&a)?;
+    }
     drop((a, b));
     stopper.stop();
     let _ = thread.join();
