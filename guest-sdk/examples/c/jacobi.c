@@ -11,6 +11,9 @@
  *
  *   cc jacobi.c $(pkg-config --cflags --libs shoal) -fopenmp -o jacobi
  *   SHOAL_SOCKET=/tmp/g.sock ./jacobi MEMBERS [N] [ITERS]   (in each member)
+ *
+ * When members share cores, run with OMP_WAIT_POLICY=passive (libgomp's
+ * spin-waiting otherwise starves the other members).
  */
 #include <shoal.h>
 #include <omp.h>
