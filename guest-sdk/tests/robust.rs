@@ -133,6 +133,11 @@ fn kill_during_allocation_leaves_the_heap_consistent() {
         );
         s.free(p).unwrap();
     }
+    // The killed peers' large blocks can be handed back.
+    s.reclaim_dead().unwrap();
+    let report = s.check_heap(&[]).unwrap();
+    assert!(report.is_consistent(), "{:#?}", report.errors);
+    assert!(report.dead_owned.is_empty());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! lists and the name table, and reports what does not add up.
 
 use super::heap::{
-    self, Heap, CLASSES, D_BITMAP, D_FLAGS, D_KIND, D_LEN, D_NEXT, D_PREV, D_USED, F_NAMED,
+    self, Heap, CLASSES, D_BITMAP, D_FLAGS, D_KIND, D_LEN, D_NEXT, D_OWNER, D_PREV, D_USED, F_NAMED,
 };
 use super::journal::Tx;
 use super::{names, AllocError};
@@ -31,6 +31,9 @@ pub struct HeapReport {
     pub named: u32,
     /// Allocated blocks neither named nor listed as live.
     pub leaks: Vec<u64>,
+    /// Unnamed large blocks whose allocating peer is dead (candidates for
+    /// [`crate::Shoal::reclaim_dead`]).
+    pub dead_owned: Vec<u64>,
     /// Inconsistencies (empty for a healthy heap).
     pub errors: Vec<String>,
     /// Heap-lock recoveries so far.
@@ -44,7 +47,11 @@ impl HeapReport {
     }
 }
 
-pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocError> {
+pub(crate) fn walk(
+    tx: &mut Tx<'_>,
+    live: &[u64],
+    alive: &dyn Fn(u32) -> bool,
+) -> Result<HeapReport, AllocError> {
     let geo = *tx.geo;
     let mut r = HeapReport {
         pages: geo.pages,
@@ -80,6 +87,8 @@ pub(crate) fn walk(tx: &mut Tx<'_>, live: &[u64]) -> Result<HeapReport, AllocErr
                     blocks.insert(h.page_offset(p), u64::from(n) * PAGE);
                     if h.get(p, D_FLAGS)? & F_NAMED != 0 {
                         flagged.insert(h.page_offset(p));
+                    } else if !alive(h.get(p, D_OWNER)?) {
+                        r.dead_owned.push(h.page_offset(p));
                     }
                     r.large_blocks += 1;
                     step = n;

@@ -240,10 +240,27 @@ impl Shoal {
         })
     }
 
+    /// Frees the unnamed large blocks (over [`MAX_SMALL`] bytes) whose
+    /// allocating peer is dead, e.g. after `kill -9`; returns how many.
+    /// Only call this when no live peer keeps using such blocks (a dead
+    /// peer may have handed its offsets to others). Small blocks carry no
+    /// owner and are not reclaimed.
+    pub fn reclaim_dead(&self) -> Result<usize, AllocError> {
+        let peers = self.inner.peers;
+        self.transact(|tx| {
+            let report = check::walk(tx, &[], &|t| peers.alive(t))?;
+            for &off in &report.dead_owned {
+                Heap { tx: &mut *tx }.free(off, false)?;
+            }
+            Ok(report.dead_owned.len())
+        })
+    }
+
     /// Walks the whole heap under the lock and reports inconsistencies, and
     /// as leaks every allocated block that is neither named nor in `live`.
     pub fn check_heap(&self, live: &[u64]) -> Result<HeapReport, AllocError> {
-        let mut report = self.transact(|tx| check::walk(tx, live))?;
+        let peers = self.inner.peers;
+        let mut report = self.transact(|tx| check::walk(tx, live, &|t| peers.alive(t)))?;
         report.recoveries = self.recoveries();
         Ok(report)
     }

@@ -284,3 +284,20 @@ fn random_operation_sequences_keep_the_heap_consistent() {
     let report = consistent(&s, &[]);
     assert_eq!(report.free_pages + report.slab_pages, report.pages);
 }
+
+#[test]
+fn large_blocks_of_dead_peers_are_reported_and_reclaimed() {
+    let r = region(1 << 20);
+    let a = open(&r, 1);
+    let b = open(&r, 2);
+    let mine = b.alloc(3 * PAGE).unwrap();
+    let orphan = a.alloc(2 * PAGE).unwrap();
+    let (named, _) = a.find_or_create("kept", 5000).unwrap();
+    r.kill(1).unwrap();
+    let report = b.check_heap(&[mine.offset()]).unwrap();
+    assert_eq!(report.dead_owned, vec![orphan.offset()]);
+    assert_eq!(b.reclaim_dead().unwrap(), 1);
+    let report = consistent(&b, &[mine.offset()]);
+    assert!(report.dead_owned.is_empty() && report.leaks.is_empty());
+    assert_eq!(b.find("kept").unwrap().map(|(p, _)| p), Some(named));
+}
