@@ -166,17 +166,13 @@ fn follow_migration(socket: &Path) -> Result<ExitCode, ClientError> {
                 eprintln!();
                 return Ok(finish(&r));
             }
-            Err(ClientError::Connect(..))
-                if last.as_ref().is_some_and(|s| {
-                    matches!(
-                        s.state,
-                        MigrationState::Committing | MigrationState::Completed
-                    )
-                }) =>
-            {
-                // The source stops after the commit; it may be gone already.
+            Err(ClientError::Connect(..)) if last.is_some() => {
+                // A source VMM exits once the destination committed; it may
+                // be gone before a poll saw "completed".
                 eprintln!();
-                println!("migration completed: the VM runs at the destination (source exited)");
+                println!(
+                    "the source VMM exited: the migration completed and the VM runs at the destination"
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             Err(e) => {
