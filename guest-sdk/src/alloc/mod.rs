@@ -247,13 +247,23 @@ impl Shoal {
     /// owner and are not reclaimed.
     pub fn reclaim_dead(&self) -> Result<usize, AllocError> {
         let peers = self.inner.peers;
-        self.transact(|tx| {
-            let report = check::walk(tx, &[], &|t| peers.alive(t))?;
-            for &off in &report.dead_owned {
-                Heap { tx: &mut *tx }.free(off, false)?;
-            }
-            Ok(report.dead_owned.len())
-        })
+        let candidates = self.transact(|tx| check::walk(tx, &[], &|t| peers.alive(t)))?;
+        let mut freed = 0;
+        // One transaction per block (the journal is bounded), re-checking
+        // that the block is still a dead peer's.
+        for off in candidates.dead_owned {
+            let done = self.transact(|tx| {
+                let mut heap = Heap { tx };
+                let (page, _) = heap.locate(off)?;
+                let owner = heap.get(page, heap::D_OWNER)?;
+                if heap.get(page, heap::D_KIND)? != heap::K_LARGE || peers.alive(owner) {
+                    return Ok(false);
+                }
+                heap.free(off, false).map(|_| true)
+            })?;
+            freed += usize::from(done);
+        }
+        Ok(freed)
     }
 
     /// Walks the whole heap under the lock and reports inconsistencies, and
