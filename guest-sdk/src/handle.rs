@@ -2,9 +2,9 @@
 //! [`Shoal`]: one peer's handle on the group region.
 
 use crate::layout::{self, Geometry, LayoutError};
-use crate::mem::{Mem, MemError};
+use crate::mem::Mem;
 use crate::peer::Peers;
-use crate::ptr::{Shared, ShmPtr};
+use crate::ptr::{AccessError, Shared, ShmPtr};
 use crate::transport::host::Host;
 use crate::transport::local::{Local, LocalRegion};
 use crate::transport::{SleepKind, Transport, TransportError};
@@ -33,17 +33,6 @@ pub enum OpenError {
     /// Our peer id has no entry in the state table.
     #[error("Peer id {0} is outside the state table")]
     NotMember(u16),
-}
-
-/// Errors from turning offsets into references.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum AccessError {
-    /// The offset range is outside the region or misaligned.
-    #[error("Bad region access")]
-    Mem(#[source] MemError),
-    /// The object size overflows.
-    #[error("Object size overflows")]
-    Overflow,
 }
 
 pub(crate) struct Inner {

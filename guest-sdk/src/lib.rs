@@ -38,10 +38,10 @@ pub mod sync;
 pub mod transport;
 
 pub use alloc::{AllocError, HeapReport};
-pub use handle::{AccessError, OpenError, Shoal, SOCKET_ENV};
+pub use handle::{OpenError, Shoal, SOCKET_ENV};
 pub use layout::LayoutError;
 pub use mem::MemError;
-pub use ptr::{Shared, ShmPtr};
+pub use ptr::{AccessError, Shared, ShmPtr};
 pub use sync::{Barrier, Condvar, Locked, Mutex, MutexGuard, SyncError, Team, WaitOutcome};
 pub use transport::local::LocalRegion;
 pub use transport::SleepKind;

@@ -8,11 +8,24 @@
 //! for types that are safe to share, or into a raw pointer with
 //! [`crate::Shoal::raw`].
 
+use crate::mem::MemError;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{
     AtomicI32, AtomicI64, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 };
+use thiserror::Error;
+
+/// Errors from turning offsets into references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AccessError {
+    /// The offset range is outside the region or misaligned.
+    #[error("Bad region access")]
+    Mem(#[source] MemError),
+    /// The object size overflows.
+    #[error("Object size overflows")]
+    Overflow,
+}
 
 /// A typed offset into the region. Offset 0 is the null pointer (it lies in
 /// the server's header, never in the heap).

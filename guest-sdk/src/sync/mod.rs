@@ -18,8 +18,8 @@ pub use mutex::{Locked, Mutex, MutexGuard};
 pub use team::Team;
 pub use wait::WaitOutcome;
 
-use crate::handle::AccessError;
 use crate::mem::MemError;
+use crate::ptr::AccessError;
 use thiserror::Error;
 
 /// Synchronisation errors.
