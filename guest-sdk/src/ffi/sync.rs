@@ -468,3 +468,8 @@ pub unsafe extern "C" fn shoal_team_broadcast_u64(
         }
     })
 }
+
+// The C header's object types must match the Rust ones byte for byte.
+const _: () = assert!(std::mem::size_of::<crate::sync::Mutex>() == 4);
+const _: () = assert!(std::mem::size_of::<crate::sync::Condvar>() == 4);
+const _: () = assert!(std::mem::size_of::<Barrier>() == 16);
