@@ -23,6 +23,8 @@ pub struct FakeVm {
     /// Held by the guest thread while it writes; `pause` takes it.
     running: Mutex<()>,
     throttle: AtomicU8,
+    /// The guest thread ignores the throttle (a guest that never converges).
+    unthrottled: AtomicBool,
     pauses: AtomicU32,
     resumes: AtomicU32,
     state: Vec<u8>,
@@ -42,6 +44,7 @@ impl FakeVm {
             paused: AtomicBool::new(false),
             running: Mutex::new(()),
             throttle: AtomicU8::new(0),
+            unthrottled: AtomicBool::new(false),
             pauses: AtomicU32::new(0),
             resumes: AtomicU32::new(0),
             state: b"{\"fake\":\"vm state\"}".to_vec(),
@@ -92,6 +95,12 @@ impl FakeVm {
         )
     }
 
+    /// Makes the guest thread ignore the throttle, so that pre-copy with a
+    /// zero downtime target never converges (for cancel and timeout tests).
+    pub fn ignore_throttle(&self) {
+        self.unthrottled.store(true, Ordering::Relaxed);
+    }
+
     pub fn throttle_percent(&self) -> u8 {
         self.throttle.load(Ordering::Relaxed)
     }
@@ -133,7 +142,7 @@ impl FakeVm {
                 }
                 written2.store(n, Ordering::Relaxed);
                 let t = u64::from(vm.throttle_percent().min(99));
-                if t > 0 {
+                if t > 0 && !vm.unthrottled.load(Ordering::Relaxed) {
                     let busy = batch_start.elapsed();
                     std::thread::sleep(busy * (t as u32) / (100 - t as u32));
                 }

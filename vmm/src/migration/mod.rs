@@ -53,6 +53,8 @@ pub enum MigrationError {
     Rejected(String),
     #[error("the source aborted the migration: {0}")]
     Aborted(String),
+    #[error("the destination closed the connection before committing (did it exit?)")]
+    DestinationClosed,
     #[error("no answer from the peer within {0} s")]
     NoAnswer(u64),
     #[error("expected {expected} from the peer, got {got}")]

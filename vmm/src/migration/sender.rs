@@ -136,6 +136,7 @@ impl Sender<'_> {
             {
                 Err(MigrationError::NoAnswer(t.as_secs()))
             }
+            Err(super::FrameError::Closed) => Err(MigrationError::DestinationClosed),
             Err(e) => Err(e.into()),
         }
     }

@@ -333,7 +333,7 @@ fn destination_dying_before_commit_leaves_the_source_running() {
     .unwrap_err();
     t.join().unwrap();
     assert!(
-        matches!(err, MigrationError::Frame(FrameError::Closed)),
+        matches!(err, MigrationError::DestinationClosed),
         "{}",
         error_chain(&err)
     );
@@ -417,6 +417,7 @@ fn receiver_refuses_pages_outside_ram() {
 #[test]
 fn cancel_stops_the_migration_and_the_source_runs_on() {
     let vm = FakeVm::new(16 * MIB).unwrap();
+    vm.ignore_throttle();
     let _dirtier = vm.start_dirtier(0, 16 * MIB / 4096, None);
     let (rx, url) = spawn_receiver(
         &format!("unix:{}", sock_path("cancel")),
@@ -449,6 +450,7 @@ fn cancel_stops_the_migration_and_the_source_runs_on() {
 #[test]
 fn timeout_stops_the_migration_and_the_source_runs_on() {
     let vm = FakeVm::new(8 * MIB).unwrap();
+    vm.ignore_throttle();
     let _dirtier = vm.start_dirtier(0, 8 * MIB / 4096, None);
     let (rx, url) = spawn_receiver(
         &format!("unix:{}", sock_path("timeout")),
