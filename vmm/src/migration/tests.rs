@@ -133,7 +133,7 @@ fn busy_guest_converges_and_ram_matches() {
 }
 
 #[test]
-fn fast_dirtier_is_throttled_until_it_converges() {
+fn fast_dirtier_converges_with_a_tiny_downtime_target() {
     let vm = FakeVm::new(32 * MIB).unwrap();
     vm.fill(1).unwrap();
     let _dirtier = vm.start_dirtier(0, 32 * MIB / 4096, None);
@@ -148,8 +148,10 @@ fn fast_dirtier_is_throttled_until_it_converges() {
     let report = send(vm.as_ref(), &o, &MigrationProgress::default()).unwrap();
     let (res, target) = rx.join().unwrap();
     res.unwrap();
-    assert!(report.throttle_max >= 20, "{report:?}");
+    // Whether auto-converge was needed depends on the machine's speed
+    // (see next_throttle's tests); the result may not.
     assert_migrated(&vm, &target);
+    assert_eq!(vm.throttle_percent(), report.throttle_max);
 }
 
 #[test]
