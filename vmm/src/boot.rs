@@ -38,8 +38,45 @@ pub(crate) enum Start<'a> {
 pub(crate) enum RamSource<'a> {
     /// A fresh memfd that this fills before any vCPU runs.
     Fill(&'a dyn Fn(&GuestRam) -> Result<(), Error>),
-    /// This memfd already holds it (incoming migration).
-    File(std::fs::File),
+    /// A VM already created with its RAM registered (incoming migration:
+    /// made before the guest pauses at the source, so that adding the
+    /// memory slots does not count towards the downtime).
+    Platform(Platform),
+}
+
+/// A KVM VM with its irqchip and its RAM registered, nothing else yet.
+#[derive(Debug)]
+pub(crate) struct Platform {
+    vm: Arc<dyn Vm>,
+    ram: GuestRam,
+}
+
+impl Platform {
+    /// Creates the VM for `config` over the RAM file `file`.
+    pub(crate) fn create(
+        hyp: &KvmHypervisor,
+        config: &VmConfig,
+        file: std::fs::File,
+    ) -> Result<Self, Error> {
+        check_config(hyp, config)?;
+        let vm = hyp.create_vm()?;
+        vm.create_irqchip()?;
+        let ram = GuestRam::from_file(file, &arch::ram_regions(config.memory))?;
+        ram.register(vm.as_ref())?;
+        Ok(Platform { vm, ram })
+    }
+
+    /// The guest RAM, to fill.
+    pub(crate) fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+}
+
+fn check_config(hyp: &KvmHypervisor, config: &VmConfig) -> Result<(), Error> {
+    config::check_cpus(config.cpus, hyp.max_vcpus())?;
+    arch::check_ram_bytes(config.memory)?;
+    arch::check_vcpu_count(config.cpus)?;
+    Ok(())
 }
 
 /// A VM whose vCPUs exist but do not run yet.
@@ -204,32 +241,43 @@ pub(crate) fn build(
     start: Start<'_>,
 ) -> Result<BuiltVm, Error> {
     let mut clock = Stopwatch(std::time::Instant::now());
-    config::check_cpus(config.cpus, hyp.max_vcpus())?;
-    arch::check_ram_bytes(config.memory)?;
-    arch::check_vcpu_count(config.cpus)?;
-
-    let vm = hyp.create_vm()?;
-    clock.lap("creating the VM");
-    vm.create_irqchip()?;
-    clock.lap("in-kernel irqchip and PIT");
     let regions = arch::ram_regions(config.memory);
-    let (ram, fill, state) = match start {
+    let new_vm = || -> Result<Arc<dyn Vm>, Error> {
+        check_config(hyp, config)?;
+        let vm = hyp.create_vm()?;
+        vm.create_irqchip()?;
+        Ok(vm)
+    };
+    // `registered`: the memory slots already exist.
+    let (vm, ram, fill, state, registered) = match start {
         Start::Restore {
             state,
-            ram: RamSource::File(file),
-        } => (GuestRam::from_file(file, &regions)?, None, Some(state)),
+            ram: RamSource::Platform(p),
+        } => (p.vm, p.ram, None, Some(state), true),
         Start::Restore {
             state,
             ram: RamSource::Fill(fill),
-        } => (GuestRam::new(&regions)?, Some(fill), Some(state)),
-        Start::Fresh => (GuestRam::new(&regions)?, None, None),
+        } => (
+            new_vm()?,
+            GuestRam::new(&regions)?,
+            Some(fill),
+            Some(state),
+            false,
+        ),
+        Start::Fresh => (new_vm()?, GuestRam::new(&regions)?, None, None, false),
     };
-    clock.lap("mapping RAM");
+    clock.lap("creating the VM and mapping RAM");
 
     // KVM takes milliseconds to add a large memory slot; load the guest and
     // set up the vCPUs meanwhile (neither needs the slot).
     let (devices, shared, vcpus) = std::thread::scope(|s| {
-        let slots = s.spawn(|| ram.register(vm.as_ref()));
+        let slots = s.spawn(|| {
+            if registered {
+                Ok(0)
+            } else {
+                ram.register(vm.as_ref())
+            }
+        });
         let prepared = (|| {
             let mem = ram.memory();
             let kernel = match (state, fill) {

@@ -21,6 +21,9 @@ use crate::migration::{self, MigrationProgress, MigrationUrl};
 use crate::vm::{Error, RunningVm};
 use crate::{signals, ExitReason, VmEvent};
 
+/// How long a VM that migrated away still answers migration status.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How `run` gets its VM.
 #[derive(Debug)]
 pub enum Launch {
@@ -121,7 +124,7 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
         Launch::Restore { dir } => restore(&hyp, dir, &options.serial, &tx)?,
         Launch::Incoming { url } => receive(&hyp, url, &options.serial, &tx)?,
     };
-    Control {
+    let result = Control {
         hyp: &hyp,
         events: tx,
         vm: Arc::new(vm),
@@ -129,7 +132,12 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
         migration: Arc::new(MigrationProgress::default()),
         migrating: false,
     }
-    .run(&rx)
+    .run(&rx);
+    // Unanswered API requests wait in `rx`: dropping it first lets the API
+    // server answer them (with an error) before it shuts down.
+    drop(rx);
+    drop(_api);
+    result
 }
 
 /// Forwards API requests into the control loop's channel.
@@ -175,8 +183,31 @@ impl Control<'_> {
                 Next::Continue => {}
                 Next::Exit(result) => {
                     self.vm.stop();
+                    if matches!(result, Ok(ExitReason::Migrated)) {
+                        self.linger(rx);
+                    }
                     return result;
                 }
+            }
+        }
+    }
+
+    /// After the VM migrated away: answer status requests a little longer,
+    /// so that the client that started the migration sees the final report.
+    fn linger(&self, rx: &Receiver<VmEvent>) {
+        let until = std::time::Instant::now() + LINGER;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(VmEvent::Api((ApiRequest::MigrationStatus, reply))) => {
+                    let _ = reply.send(ApiResponse::json(&self.migration.status()));
+                }
+                Ok(VmEvent::Api((_, reply))) => {
+                    let _ = reply.send(ApiResponse::conflict(
+                        "the VM migrated away and runs at the destination",
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
     }

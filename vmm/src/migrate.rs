@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hypervisor::kvm::KvmHypervisor;
 
-use crate::boot::{build, BuiltVm, RamSource, Start};
+use crate::boot::{build, BuiltVm, Platform, RamSource, Start};
 use crate::config::VmConfig;
 use crate::memory::create_memfd;
 use crate::migration::{Hello, HookError, MigrationSource, MigrationTarget};
@@ -153,8 +153,13 @@ impl MigrationSource for VmSource {
 enum Incoming {
     #[default]
     Waiting,
-    /// RAM is arriving into this memfd.
-    Ram { config: VmConfig, file: File },
+    /// The VM exists and its RAM is arriving.
+    Ram {
+        config: VmConfig,
+        platform: Platform,
+    },
+    /// Same-host migration: waiting for the RAM memfd.
+    AwaitingRam { config: VmConfig },
     /// Built from the received state, not running.
     Built(Box<BuiltVm>),
     /// Started.
@@ -202,7 +207,7 @@ impl<'a> IncomingVm<'a> {
 
     fn ram_file(&self) -> Result<&File, HookError> {
         match &self.state {
-            Incoming::Ram { file, .. } => Ok(file),
+            Incoming::Ram { platform, .. } => Ok(platform.ram().file()),
             _ => Err("guest RAM arrived before the VM configuration".into()),
         }
     }
@@ -221,13 +226,14 @@ impl MigrationTarget for IncomingVm<'_> {
         if let Some(serial) = &self.serial {
             config.serial = serial.clone();
         }
-        let file = if hello.local {
+        if hello.local {
             // The memfd comes with adopt_ram_fd.
-            create_memfd("shoal-guest-ram-placeholder", 0)?
-        } else {
-            create_memfd("shoal-guest-ram", hello.ram_size)?
-        };
-        self.state = Incoming::Ram { config, file };
+            self.state = Incoming::AwaitingRam { config };
+            return Ok(());
+        }
+        let file = create_memfd("shoal-guest-ram", hello.ram_size)?;
+        let platform = Platform::create(self.hyp, &config, file)?;
+        self.state = Incoming::Ram { config, platform };
         Ok(())
     }
 
@@ -249,30 +255,29 @@ impl MigrationTarget for IncomingVm<'_> {
     }
 
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError> {
-        match &mut self.state {
-            Incoming::Ram { config, file } => {
-                if config.memory != size {
-                    return Err(format!(
-                        "the handed-over RAM is {size} bytes, the configuration says {}",
-                        config.memory
-                    )
-                    .into());
-                }
-                *file = File::from(fd);
-                Ok(())
-            }
-            _ => Err("the RAM file arrived before the VM configuration".into()),
+        let Incoming::AwaitingRam { config } = std::mem::take(&mut self.state) else {
+            return Err("a RAM file arrived unexpectedly".into());
+        };
+        if config.memory != size {
+            return Err(format!(
+                "the handed-over RAM is {size} bytes, the configuration says {}",
+                config.memory
+            )
+            .into());
         }
+        let platform = Platform::create(self.hyp, &config, File::from(fd))?;
+        self.state = Incoming::Ram { config, platform };
+        Ok(())
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), HookError> {
-        let Incoming::Ram { config, file } = std::mem::take(&mut self.state) else {
-            return Err("the VM state arrived before the VM configuration".into());
+        let Incoming::Ram { config, platform } = std::mem::take(&mut self.state) else {
+            return Err("the VM state arrived before the VM configuration and RAM".into());
         };
         let snapshot = VmSnapshot::from_body(state)?;
         let start = Start::Restore {
             state: &snapshot,
-            ram: RamSource::File(file),
+            ram: RamSource::Platform(platform),
         };
         let built = build(self.hyp, &config, &self.events, start)?;
         self.state = Incoming::Built(Box::new(built));
