@@ -85,7 +85,8 @@ pub enum MigrationError {
 pub trait MigrationSource {
     /// Guest RAM size in bytes (a multiple of 4 KiB).
     fn ram_size(&self) -> u64;
-    /// The guest RAM memfd (for same-host migration).
+    /// The guest RAM memfd: file offset = RAM offset of `read_ram`. Used
+    /// to skip never-touched RAM (holes) and for same-host migration.
     fn ram_fd(&self) -> BorrowedFd<'_>;
     /// The VM configuration, sent to the destination first.
     fn config(&self) -> serde_json::Value;

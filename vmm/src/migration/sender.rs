@@ -11,7 +11,7 @@ use super::frame::{FrameReader, FrameWriter, Hello, Kind, Message, MAX_CHUNK_PAG
 use super::progress::{MigrationProgress, MigrationReport, MigrationState};
 use super::url::{MigrationUrl, Stream};
 use super::{MigrationError, MigrationSource, SendOptions};
-use crate::snapshot::memory::is_zero;
+use crate::snapshot::memory::{data_ranges, is_zero};
 
 /// First throttle step of auto-converge, then the increment and the cap.
 const THROTTLE_INITIAL: u8 = 20;
@@ -227,6 +227,20 @@ impl Sender<'_> {
         Ok(self.writer.bytes - before)
     }
 
+    /// The pages of the first pass: all of RAM but the holes of the memfd
+    /// (never-touched pages are zero, and so is the destination's fresh RAM;
+    /// a page written after this look is in the dirty log).
+    fn first_pass_pages(&self, words: usize) -> Vec<u64> {
+        let mut bitmap = vec![0u64; words];
+        let page = PAGE_SIZE as u64;
+        for (start, end) in data_ranges(self.source.ram_fd(), self.ram_pages * page) {
+            for p in start / page..end.div_ceil(page).min(self.ram_pages) {
+                bitmap[(p / 64) as usize] |= 1 << (p % 64);
+            }
+        }
+        bitmap
+    }
+
     fn pause(&mut self) -> Result<Instant, MigrationError> {
         self.source
             .pause()
@@ -271,7 +285,7 @@ impl Sender<'_> {
         self.dirty_log = true;
         self.progress.set_state(MigrationState::PreCopy);
         let words = self.ram_pages.div_ceil(64) as usize;
-        let mut bitmap = vec![!0u64; words];
+        let mut bitmap = self.first_pass_pages(words);
         let mut rate = 0u64;
         let mut iteration = 0u32;
         loop {

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 
 /// Pages are tested for zero in this unit.
@@ -35,8 +35,8 @@ pub fn is_zero(page: &[u8]) -> bool {
 
 /// The ranges of `file` in `[0, size)` that may hold data, found with
 /// SEEK_DATA/SEEK_HOLE; the whole range when the file system cannot tell.
-pub fn data_ranges(file: &File, size: u64) -> Vec<(u64, u64)> {
-    let fd = file.as_raw_fd();
+pub fn data_ranges(file: impl AsFd, size: u64) -> Vec<(u64, u64)> {
+    let fd = file.as_fd().as_raw_fd();
     let mut ranges = Vec::new();
     let mut pos = 0u64;
     while pos < size {
