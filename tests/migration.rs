@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Snapshot, restore and live migration of `shoal run` VMs running the test
+//! guest, driven through the control API (`shoal api`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use shoal_tests::{shoal_binary, test_guest_path, GuestProcess};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shoal-mig-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `shoal api --socket <socket> <args>`: (success, stdout, stderr).
+fn api(socket: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(shoal_binary().unwrap())
+        .arg("api")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits for the API socket of a starting VM.
+fn wait_for_socket(path: &Path) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "no API socket at {}", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn guest() -> String {
+    test_guest_path().to_string_lossy().into_owned()
+}
+
+/// The number in a `SHOAL-TG counter <n>` line (not the `start` line).
+fn counter(line: &str) -> Option<u64> {
+    line.strip_prefix("SHOAL-TG counter ")?.parse().ok()
+}
+
+/// Waits for the next `SHOAL-TG counter <n>` line; returns `n`.
+fn next_count(vm: &mut GuestProcess) -> u64 {
+    loop {
+        let line = vm.wait_for_line("SHOAL-TG counter ", TIMEOUT).unwrap();
+        if let Some(n) = counter(&line) {
+            return n;
+        }
+    }
+}
+
+fn source_vm(dir: &Path, cmdline: &str) -> (GuestProcess, PathBuf) {
+    let socket = dir.join("api.sock");
+    let vm = GuestProcess::shoal(&[
+        "run",
+        "--kernel",
+        &guest(),
+        "--memory",
+        "128M",
+        "--cmdline",
+        cmdline,
+        "--api-socket",
+        socket.to_str().unwrap(),
+    ])
+    .unwrap();
+    wait_for_socket(&socket);
+    (vm, socket)
+}
+
+#[test]
+fn snapshot_then_restore_continues_the_counter() {
+    let dir = scratch("snapshot");
+    let (mut vm, socket) = source_vm(&dir, "scenario=counter shift=12");
+    next_count(&mut vm);
+    let snap = dir.join("snap");
+    let (ok, out, err) = api(&socket, &["snapshot", snap.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    // The VM stays paused after a snapshot: the last line printed is where
+    // the restored VM must continue from.
+    let (ok, out, err) = api(&socket, &["shutdown"]);
+    assert!(ok, "{out}{err}");
+    vm.wait_for_exit(TIMEOUT).unwrap();
+    let last = vm
+        .guest_lines()
+        .iter()
+        .rev()
+        .find_map(|l| counter(l))
+        .unwrap();
+
+    let mut restored = GuestProcess::shoal(&["run", "--restore", snap.to_str().unwrap()]).unwrap();
+    let first = next_count(&mut restored);
+    assert!(
+        first > last,
+        "restored counter {first} does not continue after {last}"
+    );
+    assert!(
+        !restored.lines().iter().any(|l| l.contains("SHOAL-TG start")),
+        "the restored VM booted again:\n{}",
+        restored.output()
+    );
+}
+
+#[test]
+fn restore_refuses_a_corrupt_snapshot() {
+    let dir = scratch("corrupt");
+    let (mut vm, socket) = source_vm(&dir, "scenario=counter shift=12");
+    next_count(&mut vm);
+    let snap = dir.join("snap");
+    assert!(api(&socket, &["snapshot", snap.to_str().unwrap()]).0);
+    assert!(api(&socket, &["shutdown"]).0);
+    let state = snap.join("state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0x55;
+    std::fs::write(&state, bytes).unwrap();
+    let mut restored = GuestProcess::shoal(&["run", "--restore", snap.to_str().unwrap()]).unwrap();
+    let status = restored.wait_for_exit(TIMEOUT).unwrap();
+    assert!(!status.success());
+    let stderr = restored.stderr();
+    assert!(stderr.contains("state"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Migrates a `checksum` guest to `url` and checks that the destination
+/// goes on with the same RAM checksum and the source exits.
+fn migrate_keeps_ram(url: &str, dir: &Path, extra: &[&str]) {
+    let mut dest = GuestProcess::shoal(&["run", "--incoming", url]).unwrap();
+    // The source must not connect before the destination listens.
+    if let Some(path) = url.strip_prefix("unix:") {
+        wait_for_socket(Path::new(path));
+    } else {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (mut src, socket) = source_vm(dir, "scenario=checksum interval=100");
+    let before = src.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    let mut args = vec!["send-migration", url];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = api(&socket, &args);
+    assert!(ok, "send-migration failed:\n{out}\n{err}\n{}", src.output());
+    assert!(out.contains("downtime") || err.contains("downtime"), "no report:\n{out}\n{err}");
+    let status = src.wait_for_exit(TIMEOUT).unwrap();
+    assert!(status.success(), "{}", src.output());
+    let after = dest.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    assert_eq!(
+        before.split(' ').next_back(),
+        after.split(' ').next_back(),
+        "RAM checksum changed: {before} -> {after}"
+    );
+    dest.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}
+
+#[test]
+fn live_migration_over_unix_keeps_the_guest_and_its_ram() {
+    let dir = scratch("unix");
+    let url = format!("unix:{}", dir.join("mig.sock").display());
+    migrate_keeps_ram(&url, &dir, &[]);
+}
+
+#[test]
+fn live_migration_same_host_hands_the_ram_over() {
+    let dir = scratch("local");
+    let url = format!("unix:{}", dir.join("mig.sock").display());
+    migrate_keeps_ram(&url, &dir, &["--local"]);
+}
+
+#[test]
+fn live_migration_over_tcp_loopback() {
+    let dir = scratch("tcp");
+    // A port unlikely to clash; the test fails clearly if it is taken.
+    let port = 20000 + (std::process::id() % 20000);
+    let url = format!("tcp:127.0.0.1:{port}");
+    migrate_keeps_ram(&url, &dir, &[]);
+}
+
+#[test]
+fn a_dirtying_guest_converges_and_loses_nothing() {
+    let dir = scratch("dirty");
+    let url = format!("unix:{}", dir.join("mig.sock").display());
+    let mut dest = GuestProcess::shoal(&["run", "--incoming", &url]).unwrap();
+    wait_for_socket(&dir.join("mig.sock"));
+    let (mut src, socket) = source_vm(&dir, "scenario=dirty pages=256 every=8");
+    src.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    let (ok, out, err) = api(&socket, &["send-migration", &url, "--downtime-ms", "20"]);
+    assert!(ok, "{out}\n{err}");
+    src.wait_for_exit(TIMEOUT).unwrap();
+    // The destination goes on checking every page it rewrites.
+    dest.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    dest.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}
+
+#[test]
+fn source_keeps_running_when_the_destination_dies() {
+    let dir = scratch("dest-dies");
+    let url = format!("unix:{}", dir.join("mig.sock").display());
+    // A destination that accepts and then vanishes mid-stream.
+    let listener = std::os::unix::net::UnixListener::bind(dir.join("mig.sock")).unwrap();
+    let killer = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut conn, &mut buf);
+        drop(conn);
+    });
+    let (mut src, socket) = source_vm(&dir, "scenario=counter shift=12");
+    let before = next_count(&mut src);
+    let (ok, out, err) = api(&socket, &["send-migration", &url]);
+    assert!(!ok, "migration to a dead destination succeeded:\n{out}\n{err}");
+    killer.join().unwrap();
+    // The guest keeps counting at the source.
+    assert!(next_count(&mut src) > before);
+    next_count(&mut src);
+    let (ok, out, _) = api(&socket, &["info"]);
+    assert!(ok && out.contains("running"), "{out}");
+}
+
+#[test]
+fn incoming_refuses_a_garbage_stream_and_a_busy_address() {
+    let dir = scratch("garbage");
+    let sock = dir.join("mig.sock");
+    let url = format!("unix:{}", sock.display());
+    let mut dest = GuestProcess::shoal(&["run", "--incoming", &url]).unwrap();
+    wait_for_socket(&sock);
+    // A second receiver on the same address fails with a clear error.
+    let mut busy = GuestProcess::shoal(&["run", "--incoming", &url]).unwrap();
+    let status = busy.wait_for_exit(TIMEOUT).unwrap();
+    assert!(!status.success());
+    assert!(busy.stderr().contains("mig.sock"), "{}", busy.stderr());
+    // Garbage instead of a migration stream.
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    std::io::Write::write_all(&mut conn, &[0x42; 4096]).unwrap();
+    drop(conn);
+    let status = dest.wait_for_exit(TIMEOUT).unwrap();
+    assert!(!status.success());
+    let stderr = dest.stderr();
+    assert!(stderr.contains("migration"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
