@@ -2,7 +2,7 @@
 //! Snapshots on disk.
 //!
 //! A snapshot is a directory with two files:
-//! - `state`: a versioned, checksummed header (see [`format`]) and a JSON
+//! - `state`: a versioned, checksummed header (see [`mod@format`]) and a JSON
 //!   body holding a [`VmSnapshot`];
 //! - `memory`: the raw guest RAM image, sparse (zero pages are holes).
 //!
