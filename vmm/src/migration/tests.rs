@@ -549,3 +549,75 @@ fn page_zeroed_after_the_first_pass_is_zeroed_at_the_destination() {
     );
     assert!(target.started);
 }
+
+/// A small deterministic mutation fuzzer over the three fuzz entry points,
+/// so panics show up in `cargo test` before the cargo-fuzz targets run.
+#[test]
+fn fuzz_entry_points_survive_random_mutations() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Seeds: a valid stream, a valid request, a valid snapshot state.
+    let mut stream = Vec::new();
+    {
+        let mut w = FrameWriter::new(&mut stream);
+        let hello = serde_json::to_vec(&Hello {
+            ram_size: MIB,
+            page_size: 4096,
+            local: false,
+            config: serde_json::json!({"memory": MIB}),
+        })
+        .unwrap();
+        w.send(Kind::Hello, &[&hello]).unwrap();
+        w.send_pages(1, 9, &[0b1010_1010, 1], &[3u8; 4 * 4096])
+            .unwrap();
+        w.send_iteration_end(0, 9).unwrap();
+        w.send(Kind::State, &[b"{}"]).unwrap();
+        w.send(Kind::Commit, &[]).unwrap();
+        w.flush().unwrap();
+    }
+    let json = br#"{"destination_url":"tcp:1.2.3.4:5","local":false,"downtime_ms":1}"#;
+    let mut request = format!(
+        "PUT /api/v1/vm.send-migration HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        json.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(json);
+    assert!(matches!(
+        crate::api::http::parse_head(&request),
+        Ok(Some(h)) if h.len + h.content_length == request.len()
+    ));
+    let body = br#"{"config":{},"vcpus":[],"vm":{},"devices":[]}"#;
+    let mut state =
+        crate::snapshot::format::encode_header(&crate::snapshot::HostInfo::current(), MIB, body)
+            .to_vec();
+    state.extend_from_slice(body);
+
+    for round in 0..3000 {
+        for (i, seed_input) in [&stream, &request, &state].into_iter().enumerate() {
+            let mut data = seed_input.clone();
+            for _ in 0..1 + rand() % 8 {
+                let at = (rand() % data.len() as u64) as usize;
+                match rand() % 4 {
+                    0 => data[at] ^= 1 << (rand() % 8),
+                    1 => data[at] = rand() as u8,
+                    2 => data.truncate(at),
+                    _ => data.insert(at, rand() as u8),
+                }
+                if data.is_empty() {
+                    data.push(0);
+                }
+            }
+            match i {
+                0 => fuzz_stream(&data),
+                1 => crate::api::fuzz_request(&data),
+                _ => crate::snapshot::fuzz_snapshot(&data),
+            }
+        }
+        let _ = round;
+    }
+}
