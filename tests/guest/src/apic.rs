@@ -87,3 +87,26 @@ pub fn send_self(vector: u8) -> bool {
 pub fn write_reg(offset: u64, value: u32) {
     mmio_write32(reg(offset), value);
 }
+
+const REG_PPR: u64 = 0xa0;
+const REG_ISR: u64 = 0x100;
+const REG_IRR: u64 = 0x200;
+
+/// Prints the calling CPU's interrupt state, for timeouts:
+/// `SHOAL-TG apic ppr 0x.. isr <v>... irr <v>...` (the set vectors).
+pub fn report() {
+    let mut line = crate::serial::line();
+    line.str("apic ppr ")
+        .hex0x(u64::from(mmio_read32(reg(REG_PPR))));
+    for (name, base) in [(" isr", REG_ISR), (" irr", REG_IRR)] {
+        line.str(name);
+        for word in 0..8u64 {
+            let bits = mmio_read32(reg(base + word * 0x10));
+            for bit in 0..32u64 {
+                if bits & (1 << bit) != 0 {
+                    line.str(" ").hex0x(word * 32 + bit);
+                }
+            }
+        }
+    }
+}

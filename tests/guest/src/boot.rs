@@ -286,6 +286,10 @@ shoal_gdt:
     .quad 0x00af9b000000ffff /* 0x08: 64-bit code, accessed */
     .quad 0x00cf93000000ffff /* 0x10: flat data, accessed */
     .quad 0x00cf9b000000ffff /* 0x18: flat 32-bit code, accessed */
+    .global shoal_gdt_tss
+shoal_gdt_tss:
+    .quad 0 /* 0x20: the BSP's 64-bit TSS, filled in by `interrupts::init` */
+    .quad 0
 shoal_gdt_end:
     .balign 8
 shoal_gdt_ptr:

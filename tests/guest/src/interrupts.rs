@@ -5,10 +5,17 @@
 //! handler a scenario registered with [`set_handler`], then EOI the local
 //! APIC. Handlers must not print: the code they interrupted may hold the
 //! serial lock (count or record, and let the scenario print).
+//!
+//! External vectors run on their own stack (IST 1 of the BSP's TSS): the
+//! guest is built for the host target, whose ABI lets leaf functions keep
+//! data in the 128-byte red zone below `rsp`, and an interrupt frame pushed
+//! on the interrupted stack would overwrite it (seen as lost doorbell
+//! writes). Exceptions stay on the current stack (they power off anyway),
+//! so APs, which never enable interrupts, need no TSS.
 
 use core::arch::{asm, global_asm};
 use core::ptr::addr_of;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::{apic, power, serial};
 
@@ -18,6 +25,14 @@ const STUB_SIZE: u64 = 16;
 const SEL_CODE64: u64 = 0x08;
 /// Present, DPL 0, 64-bit interrupt gate.
 const GATE_INTERRUPT: u64 = 0x8e;
+/// Interrupt stack table slot of external vectors.
+const IST_EXTERNAL: u64 = 1;
+/// GDT selector of the TSS (`shoal_gdt_tss` in `boot`).
+const SEL_TSS: u16 = 0x20;
+/// Size of the TSS (no I/O bitmap).
+const TSS_SIZE: u64 = 104;
+/// Bytes of the interrupt stack.
+const IST_STACK_BYTES: usize = 16384;
 /// First vector that is not an exception.
 pub const FIRST_EXTERNAL: u8 = 32;
 /// The local APIC spurious vector (see `apic`): ignored.
@@ -77,7 +92,21 @@ shoal_isr_common:
 
 extern "C" {
     static shoal_isr_table: u8;
+    /// The 16-byte TSS descriptor slot of the GDT (`boot`).
+    static shoal_gdt_tss: u8;
 }
+
+/// The 64-bit TSS: only IST 1 and the I/O map base are used.
+#[repr(C, align(16))]
+struct Tss([AtomicU32; 26]);
+
+static TSS: Tss = Tss([const { AtomicU32::new(0) }; 26]);
+
+/// The stack external interrupts run on.
+#[repr(C, align(16))]
+struct IstStack([AtomicU64; IST_STACK_BYTES / 8]);
+
+static IST_STACK: IstStack = IstStack([const { AtomicU64::new(0) }; IST_STACK_BYTES / 8]);
 
 /// What the stub saved, lowest address first.
 #[repr(C)]
@@ -116,8 +145,14 @@ pub fn init() {
     let table = addr_of!(shoal_isr_table) as u64;
     for (vector, pair) in IDT.chunks_exact(2).enumerate() {
         let stub = table + vector as u64 * STUB_SIZE;
+        let ist = if vector >= usize::from(FIRST_EXTERNAL) {
+            IST_EXTERNAL
+        } else {
+            0
+        };
         let low = (stub & 0xffff)
             | (SEL_CODE64 << 16)
+            | (ist << 32)
             | (GATE_INTERRUPT << 40)
             | (((stub >> 16) & 0xffff) << 48);
         if let [lo, hi] = pair {
@@ -125,7 +160,37 @@ pub fn init() {
             hi.store(stub >> 32, Ordering::Relaxed);
         }
     }
+    load_tss();
     load();
+}
+
+/// Fills the TSS (IST 1 = top of [`IST_STACK`]), writes its descriptor
+/// into the GDT and loads the task register (BSP only, once).
+fn load_tss() {
+    let stack_top = IST_STACK.0.as_ptr() as u64 + IST_STACK_BYTES as u64;
+    let [ist_low, ist_high, iomap] = [9, 10, 25].map(|i| TSS.0.get(i));
+    if let (Some(low), Some(high), Some(iomap)) = (ist_low, ist_high, iomap) {
+        low.store(stack_top as u32, Ordering::Relaxed);
+        high.store((stack_top >> 32) as u32, Ordering::Relaxed);
+        // I/O map base (upper half of the last dword) past the end: no bitmap.
+        iomap.store((TSS_SIZE as u32) << 16, Ordering::Relaxed);
+    }
+    let base = &TSS as *const Tss as u64;
+    let limit = TSS_SIZE - 1;
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x89 << 40)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    let slot = addr_of!(shoal_gdt_tss) as *mut u64;
+    // SAFETY: `shoal_gdt_tss` is the 16-byte, 8-aligned TSS slot of our own
+    // GDT (identity-mapped, writable); only the BSP writes it, once, before
+    // loading the task register, and no CPU has loaded that selector yet.
+    unsafe {
+        core::ptr::write_volatile(slot, low);
+        core::ptr::write_volatile(slot.add(1), base >> 32);
+        asm!("ltr {0:x}", in(reg) SEL_TSS, options(nostack, preserves_flags));
+    }
 }
 
 /// Loads the IDT on the calling CPU (APs call this after [`init`]).

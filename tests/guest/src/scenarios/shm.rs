@@ -6,7 +6,8 @@
 //!
 //! - `info`: `SHOAL-TG shm id <IVPosition> size <bytes> vectors <n>`, then
 //!   `SHOAL-TG shm bar <i> 0x<addr> 0x<size> vmm|guest` per BAR and
-//!   `SHOAL-TG shm data-offset <n>` (0 without a Shoal group header).
+//!   `SHOAL-TG shm data-offset <n>` (0 without a Shoal group header) and
+//!   `SHOAL-TG shm intx pin <gsi>` (interrupt-line register) or `intx none`.
 //! - `write offset=<n> pattern=<n> [len=8]`: fills `len` bytes (whole
 //!   words) with the 64-bit pattern: `SHOAL-TG shm wrote 0x<off> 0x<pattern>`.
 //! - `read offset=<n> [len=8]`: `SHOAL-TG shm read 0x<off> 0x<value>` per word.
@@ -257,6 +258,12 @@ fn info(shm: &Shm) -> bool {
     serial::line()
         .str("shm data-offset ")
         .dec(dev.region.data_offset());
+    let mut line = serial::line();
+    line.str("shm intx ");
+    match dev.intx_pin() {
+        Some(pin) => line.str("pin ").dec(u64::from(pin)),
+        None => line.str("none"),
+    };
     true
 }
 

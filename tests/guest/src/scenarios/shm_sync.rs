@@ -6,7 +6,9 @@
 //! rings vector 0 of the other and sleeps until its own vector 0 fires; the
 //! initiator rings first. Ends with `SHOAL-TG shm pingpong done <count>
 //! sent <s> received <r>`. Start the initiator only after the responder
-//! printed `SHOAL-TG shm ready ...`.
+//! printed `SHOAL-TG shm ready ...`. On a timeout the error line is
+//! followed by `SHOAL-TG apic ppr 0x.. isr ... irr ...` (the local APIC's
+//! state, to tell a lost doorbell from a blocked vector).
 //!
 //! `op=exchange peer=<id> role=initiator|responder [offset=<n>]
 //! [every=<rounds>] [rering=<s>]`: lockstep rounds through the region and
@@ -78,6 +80,7 @@ pub fn pingpong(shm: &Shm) -> bool {
                 .dec(i)
                 .str(" received ")
                 .dec(received(0));
+            crate::apic::report();
             return false;
         }
         if role == Role::Responder {
