@@ -25,7 +25,11 @@ impl Group {
     fn start(name: &str, vectors: u32) -> Group {
         let dir = std::env::temp_dir().join(format!("shoal-shm-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("group.sock");
+        Group::start_at(&dir.join("group.sock"), name, vectors)
+    }
+
+    fn start_at(socket: &std::path::Path, name: &str, vectors: u32) -> Group {
+        let socket = socket.to_path_buf();
         let mut config = ServerConfig::new(name, &socket, 4 << 20);
         config.vectors = vectors;
         let mut server = Server::new(config).unwrap();
@@ -86,4 +90,168 @@ fn vm_joins_a_group_and_sees_the_device() {
     assert_ne!(vm_id, host.id());
     let status = vm.wait_for_exit(TIMEOUT).unwrap();
     assert!(status.success(), "{}", vm.output());
+}
+
+fn group_vm(socket: &std::path::Path, cmdline: &str) -> GuestProcess {
+    let group = format!("socket={}", socket.display());
+    GuestProcess::boot_test_guest(cmdline, &["--memory", "128M", "--shmem-group", &group]).unwrap()
+}
+
+/// The peer id a VM printed on its `SHOAL-TG shm id <n> ...` line.
+fn shm_id(vm: &mut GuestProcess) -> u16 {
+    let line = vm.wait_for_line("SHOAL-TG shm id ", TIMEOUT).unwrap();
+    line.split(' ').nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn vm_and_host_peer_share_bytes_and_doorbells_both_ways() {
+    let group = Group::start("vm-host", 1);
+    let mut host = Peer::connect(&group.socket).unwrap();
+    // The VM writes one word and waits for the host's, rings the host and
+    // waits for the host's doorbell.
+    let cmdline = format!(
+        "scenario=shm op=info,write,await,ring,wait \
+         write.offset=0x100000 write.pattern=0x5a5a1111 \
+         await.offset=0x100100 await.pattern=0xa5a52222 \
+         ring.peer={} wait.count=1",
+        host.id()
+    );
+    let mut vm = group_vm(&group.socket, &cmdline);
+    let vm_id = shm_id(&mut vm);
+    wait_for_join(&mut host, Some(vm_id));
+    vm.wait_for_line("SHOAL-TG shm wrote 0x100000 0x5a5a1111", TIMEOUT)
+        .unwrap();
+    let mut word = [0u8; 8];
+    host.mapping().read(0x100000, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0x5a5a_1111);
+    host.mapping()
+        .write(0x100100, &0xa5a5_2222u64.to_le_bytes())
+        .unwrap();
+    vm.wait_for_line("SHOAL-TG shm saw 0x100100 0xa5a52222", TIMEOUT)
+        .unwrap();
+    // The guest's doorbell reaches the host peer (through the kernel).
+    assert!(
+        host.wait(0, Some(TIMEOUT)).unwrap() >= 1,
+        "no doorbell from the VM\n{}",
+        vm.output()
+    );
+    vm.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
+    host.ring(vm_id, 0).unwrap();
+    vm.wait_for_line("SHOAL-TG shm irq vector 0", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line("SHOAL-TG shm wait done 1", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+    assert!(vm.error_lines().is_empty(), "{}", vm.output());
+}
+
+#[test]
+fn two_vms_ping_pong_a_thousand_doorbells() {
+    const ROUNDS: u32 = 1000;
+    let group = Group::start("pingpong", 1);
+    let mut responder = group_vm(
+        &group.socket,
+        &format!("scenario=shm op=info,pingpong role=responder peer=1 count={ROUNDS}"),
+    );
+    assert_eq!(shm_id(&mut responder), 0);
+    responder
+        .wait_for_line("SHOAL-TG shm ready", TIMEOUT)
+        .unwrap();
+    let mut initiator = group_vm(
+        &group.socket,
+        &format!("scenario=shm op=info,pingpong role=initiator peer=0 count={ROUNDS}"),
+    );
+    assert_eq!(shm_id(&mut initiator), 1);
+    let want = format!("SHOAL-TG shm pingpong done {ROUNDS} sent {ROUNDS} received {ROUNDS}");
+    let long = Duration::from_secs(120);
+    initiator.wait_for_line(&want, long).unwrap();
+    responder.wait_for_line(&want, long).unwrap();
+    assert!(initiator.error_lines().is_empty(), "{}", initiator.output());
+    assert!(responder.error_lines().is_empty(), "{}", responder.output());
+}
+
+#[test]
+fn killed_vm_is_marked_dead_and_a_new_member_gets_a_fresh_id() {
+    let group = Group::start("kill", 1);
+    let mut host = Peer::connect(&group.socket).unwrap();
+    let mut vm = group_vm(&group.socket, "scenario=shm op=info,wait wait.count=1000");
+    let id = shm_id(&mut vm);
+    wait_for_join(&mut host, Some(id));
+    // kill -9 the VMM.
+    // SAFETY: sends a signal to our own child process; no memory is involved.
+    unsafe { libc::kill(vm.pid() as i32, libc::SIGKILL) };
+    vm.wait_for_exit(TIMEOUT).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let region = host.region().unwrap();
+        let state = region.peer(id).and_then(|p| p.state).map(|s| s.name());
+        if state == Some("dead") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peer {id} still {state:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The others keep working: a new VM joins with a fresh id and rings us.
+    let cmdline = format!("scenario=shm op=info,ring ring.peer={}", host.id());
+    let mut next = group_vm(&group.socket, &cmdline);
+    let new_id = shm_id(&mut next);
+    assert_ne!(new_id, id);
+    assert!(host.wait(0, Some(TIMEOUT)).unwrap() >= 1);
+    next.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+    // `shoal group status` shows the dead and the new member.
+    let status = std::process::Command::new(shoal_tests::shoal_binary().unwrap())
+        .args(["group", "status", "--socket"])
+        .arg(&group.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("dead"), "{text}");
+}
+
+#[test]
+fn vms_keep_working_and_their_ids_across_a_server_restart() {
+    let group = Group::start("restart", 1);
+    let socket = group.socket.clone();
+    let mut host = Peer::connect(&socket).unwrap();
+    let host_id = host.id();
+    let mut vm = group_vm(
+        &socket,
+        "scenario=shm op=info,wait,await wait.count=2 await.offset=0x100000 await.pattern=2",
+    );
+    let vm_id = shm_id(&mut vm);
+    wait_for_join(&mut host, Some(vm_id));
+    vm.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
+    host.ring(vm_id, 0).unwrap();
+    vm.wait_for_line("SHOAL-TG shm irq vector 0", TIMEOUT)
+        .unwrap();
+
+    // Restart the server on the same socket.
+    drop(group);
+    let restarted = Group::start_at(&socket, "restart", 1);
+    host.reconnect().unwrap();
+    assert_eq!(host.id(), host_id);
+    // The VM's doorbells and mapping still work.
+    host.ring(vm_id, 0).unwrap();
+    host.mapping().write(0x100000, &2u64.to_le_bytes()).unwrap();
+    vm.wait_for_line("SHOAL-TG shm wait done 2", TIMEOUT)
+        .unwrap();
+    vm.wait_for_line("SHOAL-TG shm saw 0x100000 0x2", TIMEOUT)
+        .unwrap();
+    // The VM reconnected with its id (within the reconnect interval).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let region = host.region().unwrap();
+        let state = region.peer(vm_id).and_then(|p| p.state).map(|s| s.name());
+        if state == Some("alive") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VM {vm_id} is {state:?} after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
+    drop(restarted);
 }
