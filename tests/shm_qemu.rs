@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The test guest's `shm` scenario against QEMU's ivshmem devices, until
-//! Shoal's VMM has its own: `ivshmem-plain` on a file, and
-//! `ivshmem-doorbell` joined to a Shoal group server (in this process,
-//! `shmem_group::Server`) next to a host peer (`shmem_group::Peer`).
+//! The test guest's `shm` scenario against QEMU's ivshmem devices:
+//! `ivshmem-plain` on a file, and `ivshmem-doorbell` joined to a Shoal
+//! group server (in this process, `shmem_group::Server`) next to a host
+//! peer (`shmem_group::Peer`) and, for interop, a `shoal run` VM.
 //!
 //! QEMU runs `-machine q35 -accel tcg` (SeaBIOS assigns the BARs; under
 //! KVM's instruction emulator SeaBIOS alone takes seconds). q35's FADT has
@@ -391,4 +391,54 @@ fn doorbell_two_guests_exchange_until_the_host_stops_them() {
         assert!(field(&done, "received").abs_diff(rounds) <= 1, "{done}");
         finish(vm);
     }
+}
+
+/// QEMU interop: a QEMU guest (`ivshmem-doorbell`) and a `shoal run` VM
+/// (`--shmem-group`) in one Shoal group ping-pong doorbells, and the host
+/// peer reads what each wrote into the region.
+#[test]
+fn doorbell_qemu_guest_and_shoal_vm_ping_pong_and_share_bytes() {
+    const ROUNDS: u64 = 100;
+    let scratch = Scratch::new("interop");
+    let group = Group::start(scratch.path("g.sock"), 1);
+    let host = group.host_peer();
+    assert_eq!(host.id(), 0);
+    let data = host.data_offset();
+    // The Shoal VM joins second (id 1) and answers; QEMU (id 2) starts.
+    let shoal_cmd = format!(
+        "scenario=shm op=info,write,pingpong role=responder peer=2 count={ROUNDS} \
+         offset={:#x} pattern=0x73686f616c",
+        data + 8
+    );
+    let group_arg = format!("socket={},vectors=1", group.socket.display());
+    let mut shoal = GuestProcess::boot_test_guest(
+        &shoal_cmd,
+        &["--memory", "128M", "--shmem-group", &group_arg],
+    )
+    .unwrap();
+    let info = shoal.wait_for_line("SHOAL-TG shm id", TIMEOUT).unwrap();
+    assert_eq!(field(&info, "id"), 1, "{}", shoal.output());
+    shoal
+        .wait_for_line("SHOAL-TG shm ready msix 1", TIMEOUT)
+        .unwrap();
+    let qemu_cmd = format!(
+        "scenario=shm op=info,write,pingpong role=initiator peer=1 count={ROUNDS} \
+         offset={:#x} pattern=0x71656d75",
+        data + 16
+    );
+    let mut qemu = GuestProcess::spawn(with_doorbell(q35(&qemu_cmd), &group.socket, 1)).unwrap();
+    let info = qemu.wait_for_line("SHOAL-TG shm id", TIMEOUT).unwrap();
+    assert_eq!(field(&info, "id"), 2, "{}", qemu.output());
+    let want = format!("SHOAL-TG shm pingpong done {ROUNDS} sent {ROUNDS} received {ROUNDS}");
+    qemu.wait_for_line(&want, TIMEOUT).unwrap();
+    shoal.wait_for_line(&want, TIMEOUT).unwrap();
+    finish(&mut qemu);
+    finish(&mut shoal);
+    let word = |offset: u64| {
+        let mut bytes = [0u8; 8];
+        host.mapping().read(offset as usize, &mut bytes).unwrap();
+        u64::from_le_bytes(bytes)
+    };
+    assert_eq!(word(data + 8), 0x73_686f_616c);
+    assert_eq!(word(data + 16), 0x7165_6d75);
 }
