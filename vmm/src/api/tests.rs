@@ -95,7 +95,7 @@ fn send_migration_through_the_api_completes_and_reports() {
 #[test]
 fn cancel_through_the_api_leaves_the_vm_running() {
     let vm = FakeVm::new(8 << 20).unwrap();
-    vm.ignore_throttle();
+    vm.never_converge();
     let _dirtier = vm.start_dirtier(0, 2048, None);
     let mig = sock("cdest");
     let listener = MigrationUrl::parse(&format!("unix:{}", mig.display()))

@@ -23,8 +23,8 @@ pub struct FakeVm {
     /// Held by the guest thread while it writes; `pause` takes it.
     running: Mutex<()>,
     throttle: AtomicU8,
-    /// The guest thread ignores the throttle (a guest that never converges).
-    unthrottled: AtomicBool,
+    /// Every dirty bitmap has page 0 set (a guest that never converges).
+    never_converge: AtomicBool,
     pauses: AtomicU32,
     resumes: AtomicU32,
     state: Vec<u8>,
@@ -44,7 +44,7 @@ impl FakeVm {
             paused: AtomicBool::new(false),
             running: Mutex::new(()),
             throttle: AtomicU8::new(0),
-            unthrottled: AtomicBool::new(false),
+            never_converge: AtomicBool::new(false),
             pauses: AtomicU32::new(0),
             resumes: AtomicU32::new(0),
             state: b"{\"fake\":\"vm state\"}".to_vec(),
@@ -95,10 +95,11 @@ impl FakeVm {
         )
     }
 
-    /// Makes the guest thread ignore the throttle, so that pre-copy with a
-    /// zero downtime target never converges (for cancel and timeout tests).
-    pub fn ignore_throttle(&self) {
-        self.unthrottled.store(true, Ordering::Relaxed);
+    /// Makes every dirty bitmap hold at least page 0, so that pre-copy with
+    /// a zero downtime target never converges, whatever the scheduling (for
+    /// cancel and timeout tests).
+    pub fn never_converge(&self) {
+        self.never_converge.store(true, Ordering::Relaxed);
     }
 
     pub fn throttle_percent(&self) -> u8 {
@@ -142,7 +143,7 @@ impl FakeVm {
                 }
                 written2.store(n, Ordering::Relaxed);
                 let t = u64::from(vm.throttle_percent().min(99));
-                if t > 0 && !vm.unthrottled.load(Ordering::Relaxed) {
+                if t > 0 {
                     let busy = batch_start.elapsed();
                     std::thread::sleep(busy * (t as u32) / (100 - t as u32));
                 }
@@ -216,11 +217,17 @@ impl MigrationSource for FakeVm {
     }
 
     fn take_dirty_bitmap(&self) -> Result<Vec<u64>, HookError> {
-        Ok(self
+        let mut map: Vec<u64> = self
             .dirty
             .iter()
             .map(|w| w.swap(0, Ordering::AcqRel))
-            .collect())
+            .collect();
+        if self.never_converge.load(Ordering::Relaxed) {
+            if let Some(w) = map.first_mut() {
+                *w |= 1;
+            }
+        }
+        Ok(map)
     }
 
     fn pause(&self) -> Result<(), HookError> {

@@ -73,6 +73,10 @@ pub enum MigrationError {
     PageOutOfRange { first: u64, end: u64, ram_size: u64 },
     #[error("local migration without the RAM file descriptor")]
     NoRamFd,
+    #[error("the handed-over RAM file is {len} bytes, less than the {ram_size} bytes of RAM")]
+    RamFdTooSmall { len: u64, ram_size: u64 },
+    #[error("RAM size {0} is not a positive multiple of 4096")]
+    RamSize(u64),
     #[error("commit before the VM state")]
     CommitWithoutState,
     #[error("cannot start a migration thread")]

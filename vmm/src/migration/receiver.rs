@@ -139,12 +139,25 @@ impl Receiver<'_> {
         if hello.page_size as usize != PAGE_SIZE {
             return Err(MigrationError::PageSize(hello.page_size));
         }
+        if hello.ram_size == 0 || hello.ram_size % PAGE_SIZE as u64 != 0 {
+            return Err(MigrationError::RamSize(hello.ram_size));
+        }
         self.ram_size = hello.ram_size;
         self.target
             .prepare(&hello)
             .map_err(|e| MigrationError::Vm("be created", e))?;
         if hello.local {
             let fd = fd.ok_or(MigrationError::NoRamFd)?;
+            // A shorter file would fault the guest past its end.
+            let file = std::fs::File::from(fd);
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < hello.ram_size {
+                return Err(MigrationError::RamFdTooSmall {
+                    len,
+                    ram_size: hello.ram_size,
+                });
+            }
+            let fd = OwnedFd::from(file);
             self.target
                 .adopt_ram_fd(fd, hello.ram_size)
                 .map_err(|e| MigrationError::Vm("take over the RAM", e))?;

@@ -308,7 +308,8 @@ impl Sender<'_> {
             bitmap.resize(words, 0);
             let dirty_bytes = count_pages(&bitmap) * PAGE_SIZE as u64;
             let dirty_rate = (dirty_bytes as f64 / took.as_secs_f64()) as u64;
-            let expected_ms = dirty_bytes.saturating_mul(1000) / link;
+            // Rounded up: a non-empty dirty set never "fits" a zero target.
+            let expected_ms = dirty_bytes.saturating_mul(1000).div_ceil(link);
             self.progress.set_rates(rate, dirty_rate);
             self.progress.set_remaining(dirty_bytes, expected_ms);
             if expected_ms <= self.opts.downtime_ms {

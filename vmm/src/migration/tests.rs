@@ -427,7 +427,7 @@ fn receiver_refuses_pages_outside_ram() {
 #[test]
 fn cancel_stops_the_migration_and_the_source_runs_on() {
     let vm = FakeVm::new(16 * MIB).unwrap();
-    vm.ignore_throttle();
+    vm.never_converge();
     let _dirtier = vm.start_dirtier(0, 16 * MIB / 4096, None);
     let (rx, url) = spawn_receiver(
         &format!("unix:{}", sock_path("cancel")),
@@ -460,7 +460,7 @@ fn cancel_stops_the_migration_and_the_source_runs_on() {
 #[test]
 fn timeout_stops_the_migration_and_the_source_runs_on() {
     let vm = FakeVm::new(8 * MIB).unwrap();
-    vm.ignore_throttle();
+    vm.never_converge();
     let _dirtier = vm.start_dirtier(0, 8 * MIB / 4096, None);
     let (rx, url) = spawn_receiver(
         &format!("unix:{}", sock_path("timeout")),
@@ -620,4 +620,60 @@ fn fuzz_entry_points_survive_random_mutations() {
         }
         let _ = round;
     }
+}
+
+#[test]
+fn receiver_refuses_a_handed_over_ram_file_shorter_than_ram() {
+    let hello = serde_json::to_vec(&Hello {
+        ram_size: 4 * MIB,
+        page_size: 4096,
+        local: true,
+        config: serde_json::json!({}),
+    })
+    .unwrap();
+    let mut bytes = Vec::new();
+    {
+        let mut w = FrameWriter::new(&mut bytes);
+        w.send(Kind::Hello, &[&hello]).unwrap();
+        w.flush().unwrap();
+    }
+    let short = crate::memory::create_memfd("short", MIB).unwrap();
+    let mut target = FakeTarget::default();
+    let err = receiver::receive_frames(
+        FrameReader::new(&bytes[..]),
+        FrameWriter::new(std::io::sink()),
+        Some(short.into()),
+        &mut target,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, MigrationError::RamFdTooSmall { len, .. } if len == MIB),
+        "{err}"
+    );
+    assert!(target.ram.is_none());
+}
+
+#[test]
+fn receiver_refuses_a_ram_size_that_is_not_whole_pages() {
+    let hello = serde_json::to_vec(&Hello {
+        ram_size: 4097,
+        page_size: 4096,
+        local: false,
+        config: serde_json::json!({}),
+    })
+    .unwrap();
+    let mut bytes = Vec::new();
+    {
+        let mut w = FrameWriter::new(&mut bytes);
+        w.send(Kind::Hello, &[&hello]).unwrap();
+        w.flush().unwrap();
+    }
+    let err = receiver::receive_frames(
+        FrameReader::new(&bytes[..]),
+        FrameWriter::new(std::io::sink()),
+        None,
+        &mut FakeTarget::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, MigrationError::RamSize(4097)), "{err}");
 }
