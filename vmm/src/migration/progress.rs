@@ -210,6 +210,11 @@ impl MigrationProgress {
         self.dirty_rate_bps.store(dirty_rate, Ordering::Relaxed);
     }
 
+    /// The link rate measured so far in the running iteration.
+    pub(crate) fn set_rate(&self, rate: u64) {
+        self.rate_bps.store(rate, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_remaining(&self, bytes: u64, downtime_ms: u64) {
         self.remaining_bytes.store(bytes, Ordering::Relaxed);
         self.expected_downtime_ms

@@ -191,6 +191,7 @@ impl Sender<'_> {
     /// Sends the pages set in `bitmap`; returns the bytes written.
     fn send_pages(&mut self, bitmap: &[u64]) -> Result<u64, MigrationError> {
         let before = self.writer.bytes;
+        let started = Instant::now();
         let mut zero_map = [0u8; (MAX_CHUNK_PAGES / 8) as usize];
         for (first, n) in DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES) {
             self.check()?;
@@ -223,6 +224,12 @@ impl Sender<'_> {
             );
             res.map_err(|e| self.send_error(e))?;
             self.progress.set_bytes_sent(self.writer.bytes);
+            let took = started.elapsed();
+            if took >= Duration::from_millis(50) {
+                let sent = self.writer.bytes - before;
+                self.progress
+                    .set_rate((sent as f64 / took.as_secs_f64()) as u64);
+            }
         }
         Ok(self.writer.bytes - before)
     }
