@@ -442,3 +442,48 @@ fn doorbell_qemu_guest_and_shoal_vm_ping_pong_and_share_bytes() {
     assert_eq!(word(data + 8), 0x73_686f_616c);
     assert_eq!(word(data + 16), 0x7165_6d75);
 }
+
+/// `op=exchange` as a star: one initiator lockstepped with two responders
+/// (what a migrating member runs against a host peer and another VM).
+#[test]
+fn doorbell_initiator_exchanges_with_two_responders() {
+    let scratch = Scratch::new("star");
+    let group = Group::start(scratch.path("g.sock"), 1);
+    let host = group.host_peer();
+    let base = host.data_offset();
+    let mut responders = Vec::new();
+    for id in [1, 2] {
+        let cmd = "scenario=shm op=info,exchange role=responder peer=3 every=16";
+        let mut vm = GuestProcess::spawn(with_doorbell(q35(cmd), &group.socket, 1)).unwrap();
+        let info = vm.wait_for_line("SHOAL-TG shm id", TIMEOUT).unwrap();
+        assert_eq!(field(&info, "id"), id, "{}", vm.output());
+        vm.wait_for_line("SHOAL-TG shm ready msix 1", TIMEOUT)
+            .unwrap();
+        responders.push(vm);
+    }
+    let cmd = "scenario=shm op=info,exchange role=initiator peer=1,2 every=16";
+    let mut initiator = GuestProcess::spawn(with_doorbell(q35(cmd), &group.socket, 1)).unwrap();
+    initiator
+        .wait_for_line("SHOAL-TG shm exchange 32", TIMEOUT)
+        .unwrap();
+    host.mapping()
+        .write(base as usize, &1u64.to_le_bytes())
+        .unwrap();
+    let done = initiator
+        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
+        .unwrap();
+    let rounds = field(&done, "done");
+    assert!(rounds >= 32, "{done}");
+    assert_eq!(field(&done, "rerings"), 0, "{done}");
+    // Both responders ring vector 0: their doorbells may coalesce.
+    assert!(field(&done, "received") >= rounds, "{done}");
+    finish(&mut initiator);
+    for vm in &mut responders {
+        let done = vm
+            .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
+            .unwrap();
+        assert!(field(&done, "done").abs_diff(rounds) <= 1, "{done}");
+        assert_eq!(field(&done, "rerings"), 0, "{done}");
+        finish(vm);
+    }
+}

@@ -10,9 +10,13 @@
 //! followed by `SHOAL-TG apic ppr 0x.. isr ... irr ...` (the local APIC's
 //! state, to tell a lost doorbell from a blocked vector).
 //!
-//! `op=exchange peer=<id> role=initiator|responder [offset=<n>]
+//! `op=exchange peer=<id>[,<id>...] role=initiator|responder [offset=<n>]
 //! [every=<rounds>] [rering=<s>]`: lockstep rounds through the region and
-//! doorbells until the stop word is set. Layout at `base` (`offset=`,
+//! doorbells until the stop word is set. An initiator may list up to 8
+//! peers (a star: each responder lists only the initiator); it then waits
+//! for all their seqs and at least one doorbell per round (doorbells of
+//! several peers to one vector share an eventfd and may coalesce, so its
+//! `received` can be below `sent`). Layout at `base` (`offset=`,
 //! default the group header's data offset, else 0), little-endian u64s:
 //!
 //! ```text
@@ -28,6 +32,9 @@
 //! so none can coalesce: after `rering` seconds (default 5) without
 //! progress a side rings again and counts it; a lost doorbell (or a peer
 //! paused that long) shows as `rerings` > 0, a lost write as an error line.
+//! Round 1 re-rings after at most a second and does not count: a member
+//! that just joined may not be known to the other VMMs yet (QEMU and Shoal
+//! learn of peers from the server asynchronously) and its doorbells drop.
 //! Progress: `SHOAL-TG shm exchange <rounds>` every `every` rounds (default
 //! 256); at the end `SHOAL-TG shm exchange done <rounds> sent <s> received
 //! <r> rerings <n>`.
@@ -98,12 +105,15 @@ pub fn pingpong(shm: &Shm) -> bool {
     true
 }
 
+/// Peers an initiator exchanges with at most.
+const MAX_PEERS: usize = 8;
+
 /// The exchange's view of the region.
 struct Exchange<'s, 'a> {
     shm: &'s Shm<'a>,
     base: u64,
     me: u16,
-    peer: u16,
+    peers: &'s [u16],
 }
 
 impl Exchange<'_, '_> {
@@ -123,23 +133,42 @@ impl Exchange<'_, '_> {
         region.write64(slot, seq);
     }
 
-    fn peer_seq(&self) -> u64 {
-        self.shm.region().read64(self.slot(self.peer)).unwrap_or(0)
+    fn ring_all(&self) {
+        for &peer in self.peers {
+            self.shm.dev.ring(peer, 0);
+        }
     }
 
-    /// Checks the peer's slot holds `seq` with its data word.
-    fn check_peer(&self, seq: u64) -> bool {
-        let slot = self.slot(self.peer);
-        let got_seq = self.peer_seq();
+    fn seq_of(&self, peer: u16) -> u64 {
+        self.shm.region().read64(self.slot(peer)).unwrap_or(0)
+    }
+
+    /// The lowest seq among the peers.
+    fn peer_seq(&self) -> u64 {
+        self.peers
+            .iter()
+            .map(|&p| self.seq_of(p))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Checks every peer's slot holds `seq` with its data word.
+    fn check_peers(&self, seq: u64) -> bool {
+        self.peers.iter().all(|&peer| self.check_peer(peer, seq))
+    }
+
+    fn check_peer(&self, peer: u16, seq: u64) -> bool {
+        let slot = self.slot(peer);
+        let got_seq = self.seq_of(peer);
         core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
         let data = self.shm.region().read64(slot + 8).unwrap_or(0);
-        let want = seq ^ EXCHANGE_SALT ^ u64::from(self.peer);
+        let want = seq ^ EXCHANGE_SALT ^ u64::from(peer);
         if got_seq == seq && data == want {
             return true;
         }
         serial::error()
             .str("shm exchange peer ")
-            .dec(u64::from(self.peer))
+            .dec(u64::from(peer))
             .str(" seq ")
             .dec(got_seq)
             .str(" data ")
@@ -152,16 +181,43 @@ impl Exchange<'_, '_> {
     }
 }
 
+/// `peer=<id>[,<id>...]`: the peer list (more than one for an initiator only).
+fn peer_list(shm: &Shm, list: &mut [u16; MAX_PEERS]) -> Option<usize> {
+    let text = shm.get("peer").unwrap_or(b"");
+    let mut count = 0;
+    for word in text.split(|&b| b == b',') {
+        let id = crate::cmdline::parse_u64(word).and_then(|p| u16::try_from(p).ok());
+        match (id, list.get_mut(count)) {
+            (Some(id), Some(slot)) => {
+                *slot = id;
+                count += 1;
+            }
+            _ => {
+                serial::error().str("shm peer= must list 1 to 8 peer ids");
+                return None;
+            }
+        }
+    }
+    Some(count)
+}
+
 /// `op=exchange`.
 pub fn exchange(shm: &Shm) -> bool {
-    let (Some(peer), Some(role)) = (peer(shm), role(shm)) else {
+    let mut list = [0u16; MAX_PEERS];
+    let (Some(count), Some(role)) = (peer_list(shm, &mut list), role(shm)) else {
         return false;
     };
+    let peers = list.get(..count).unwrap_or(&[]);
+    if role == Role::Responder && peers.len() != 1 {
+        serial::error().str("shm exchange responder takes one peer");
+        return false;
+    }
     let base = shm
         .get_u64("offset")
         .unwrap_or_else(|| shm.region().data_offset());
     let me = u16::try_from(shm.dev.id()).unwrap_or(u16::MAX);
-    let top = SLOTS_START + SLOT_SIZE * (u64::from(me.max(peer)) + 1);
+    let highest = peers.iter().copied().fold(me, u16::max);
+    let top = SLOTS_START + SLOT_SIZE * (u64::from(highest) + 1);
     if !base.is_multiple_of(8) || base.saturating_add(top) > shm.region().size() {
         serial::error()
             .str("shm exchange layout does not fit at ")
@@ -177,31 +233,51 @@ pub fn exchange(shm: &Shm) -> bool {
         shm,
         base,
         me,
-        peer,
+        peers,
     };
+    let fan = peers.len() as u64;
     let (mut sent, mut rerings, mut rounds) = (0u64, 0u64, 0u64);
     let deadline_ticks = shm.timeout();
     'rounds: loop {
         let seq = rounds + 1;
+        let received_before = received(0);
         if role == Role::Initiator {
             ex.publish(seq);
-            shm.dev.ring(peer, 0);
-            sent += 1;
+            ex.ring_all();
+            sent += fan;
         }
-        // Wait for the peer's seq and its doorbell, or the stop word.
+        // Wait for every peer's seq and doorbell, or the stop word.
         let mut waited = 0;
+        let round_start = received_before;
         loop {
             if ex.stopped() {
                 break 'rounds;
             }
-            let ready = || ex.peer_seq() >= seq && received(0) >= seq;
-            if timer::wait_until(|| ready() || ex.stopped(), rering) {
+            // One doorbell per peer, but doorbells of several peers to one
+            // vector share an eventfd and may coalesce: with more than one
+            // peer, one interrupt per round is all that can be counted on.
+            let ready = || {
+                ex.peer_seq() >= seq
+                    && if fan == 1 {
+                        received(0) >= seq
+                    } else {
+                        received(0) > round_start
+                    }
+            };
+            // Round 1 re-rings sooner and uncounted: a peer's VMM may not
+            // know a member that just joined yet, and drops its doorbells.
+            let interval = if seq == 1 {
+                rering.min(timer::TICK_HZ)
+            } else {
+                rering
+            };
+            if timer::wait_until(|| ready() || ex.stopped(), interval) {
                 if ready() {
                     break;
                 }
                 continue;
             }
-            waited += rering;
+            waited += interval;
             if waited >= deadline_ticks {
                 serial::error()
                     .str("shm exchange stalled at round ")
@@ -215,16 +291,18 @@ pub fn exchange(shm: &Shm) -> bool {
             // Nothing for a while: ring again for what we published last
             // (a responder that has published nothing yet stays quiet).
             if role == Role::Initiator || rounds > 0 {
-                shm.dev.ring(peer, 0);
-                rerings += 1;
+                ex.ring_all();
+                if seq > 1 {
+                    rerings += 1;
+                }
             }
         }
-        if !ex.check_peer(seq) {
+        if !ex.check_peers(seq) {
             return false;
         }
         if role == Role::Responder {
             ex.publish(seq);
-            shm.dev.ring(peer, 0);
+            ex.ring_all();
             sent += 1;
         }
         rounds = seq;
