@@ -255,3 +255,142 @@ fn vms_keep_working_and_their_ids_across_a_server_restart() {
     vm.wait_for_line(GUEST_DONE, TIMEOUT).unwrap();
     drop(restarted);
 }
+
+/// Lockstep rounds with a VM running `op=exchange role=responder`: the host
+/// publishes seq n in its slot and rings, then waits for the VM's seq n (and
+/// data word) and its doorbell. Returns (rounds, doorbells received).
+struct Exchange {
+    base: usize,
+    rounds: u64,
+    received: u64,
+}
+
+const EXCHANGE_SALT: u64 = 0x5348_4f41_4c58_4348;
+
+impl Exchange {
+    fn slot(&self, id: u16) -> usize {
+        self.base + 64 + 64 * usize::from(id)
+    }
+
+    fn read(host: &Peer, at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        host.mapping().read(at, &mut w).unwrap();
+        u64::from_le_bytes(w)
+    }
+
+    fn round(&mut self, host: &Peer, vm: u16) {
+        let seq = self.rounds + 1;
+        let me = self.slot(host.id());
+        host.mapping()
+            .write(
+                me + 8,
+                &(seq ^ EXCHANGE_SALT ^ u64::from(host.id())).to_le_bytes(),
+            )
+            .unwrap();
+        host.mapping().write(me, &seq.to_le_bytes()).unwrap();
+        host.ring(vm, 0).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while Exchange::read(host, self.slot(vm)) < seq || self.received < seq {
+            assert!(Instant::now() < deadline, "round {seq} stalled");
+            self.received += host.wait(0, Some(Duration::from_millis(20))).unwrap();
+        }
+        let data = Exchange::read(host, self.slot(vm) + 8);
+        assert_eq!(
+            data,
+            seq ^ EXCHANGE_SALT ^ u64::from(vm),
+            "round {seq}: lost write"
+        );
+        self.rounds = seq;
+    }
+}
+
+#[test]
+fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
+    let group = Group::start("migrate", 1);
+    let dir = group.socket.parent().unwrap().to_path_buf();
+    let mut host = Peer::connect(&group.socket).unwrap();
+    let base = host.data_offset() as usize;
+    let mig = dir.join("mig.sock");
+    let api_sock = dir.join("api.sock");
+    let mut dest =
+        GuestProcess::shoal(&["run", "--incoming", &format!("unix:{}", mig.display())]).unwrap();
+    let group_opt = format!("socket={}", group.socket.display());
+    let cmdline = format!(
+        "scenario=shm op=info,exchange role=responder peer={} every=16 rering=2",
+        host.id()
+    );
+    let mut src = GuestProcess::shoal(&[
+        "run",
+        "--kernel",
+        shoal_tests::test_guest_path().to_str().unwrap(),
+        "--memory",
+        "128M",
+        "--cmdline",
+        &cmdline,
+        "--shmem-group",
+        &group_opt,
+        "--api-socket",
+        api_sock.to_str().unwrap(),
+    ])
+    .unwrap();
+    let vm = shm_id(&mut src);
+    wait_for_join(&mut host, Some(vm));
+    src.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
+    let mut ex = Exchange {
+        base,
+        rounds: 0,
+        received: 0,
+    };
+    for _ in 0..50 {
+        ex.round(&host, vm);
+    }
+    // Migrate while the host keeps exchanging (once the destination listens).
+    let deadline = Instant::now() + TIMEOUT;
+    while !mig.exists() {
+        assert!(Instant::now() < deadline, "the destination does not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shoal = shoal_tests::shoal_binary().unwrap();
+    let migrate = std::thread::spawn(move || {
+        std::process::Command::new(shoal)
+            .args(["api", "--socket"])
+            .arg(&api_sock)
+            .args(["send-migration", &format!("unix:{}", mig.display())])
+            .output()
+            .unwrap()
+    });
+    while !migrate.is_finished() {
+        ex.round(&host, vm);
+    }
+    let out = migrate.join().unwrap();
+    assert!(
+        out.status.success(),
+        "migration failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        src.wait_for_exit(TIMEOUT).unwrap().success(),
+        "{}",
+        src.output()
+    );
+    for _ in 0..50 {
+        ex.round(&host, vm);
+    }
+    // The destination holds the same peer id, and nothing was lost.
+    let state = host
+        .region()
+        .unwrap()
+        .peer(vm)
+        .and_then(|p| p.state)
+        .map(|s| s.name());
+    assert_eq!(state, Some("alive"));
+    host.mapping().write(base, &1u64.to_le_bytes()).unwrap();
+    host.ring(vm, 0).unwrap();
+    let done = dest
+        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
+        .unwrap();
+    assert!(done.ends_with("rerings 0"), "doorbells were lost: {done}");
+    assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
+    assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}

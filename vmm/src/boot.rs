@@ -248,7 +248,7 @@ pub(crate) fn build(
         vm.create_irqchip()?;
         Ok(vm)
     };
-    // `registered`: the memory slots already exist.
+    // `registered`: the memory slots already exist (only for a migration).
     let (vm, ram, fill, state, registered) = match start {
         Start::Restore {
             state,
@@ -266,6 +266,7 @@ pub(crate) fn build(
         ),
         Start::Fresh => (new_vm()?, GuestRam::new(&regions)?, None, None, false),
     };
+    let migrated = registered;
     clock.lap("creating the VM and mapping RAM");
 
     // KVM takes milliseconds to add a large memory slot; load the guest and
@@ -303,13 +304,24 @@ pub(crate) fn build(
                 routing: &routing,
             };
             let mut shared = Vec::new();
-            for g in &config.groups {
-                shared.push(shmem::attach_group(&platform, g)?);
+            for (i, g) in config.groups.iter().enumerate() {
+                // Only a migration destination takes the membership over; a
+                // restored snapshot joins afresh (its original may still run).
+                let takeover = state
+                    .filter(|_| migrated)
+                    .and_then(|s| crate::state::group_identity(s, i));
+                shared.push(shmem::attach_group(&platform, g, takeover.as_ref())?);
             }
             for f in &config.plain_shmem {
                 shared.push(shmem::attach_plain(&platform, f)?);
             }
             if let Some(state) = state {
+                // Doorbells that arrive before the vCPUs (and their local
+                // APICs) are restored would be injected into nothing: keep
+                // them in the eventfds until then.
+                for s in &shared {
+                    s.hold_doorbells();
+                }
                 crate::state::restore_devices(&devices, &shared, &state.devices)?;
             }
             devices.map_bars()?;
@@ -319,6 +331,11 @@ pub(crate) fn build(
                 (None, Some(kernel)) => create_vcpus(hyp, vm.as_ref(), config, mem, kernel)?,
                 (None, None) => return Err(Error::Guest("no kernel was loaded".into())),
             };
+            if state.is_some() {
+                for s in &shared {
+                    s.release_doorbells();
+                }
+            }
             clock.lap("vCPUs");
             Ok::<_, Error>((devices, shared, vcpus))
         })();

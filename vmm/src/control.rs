@@ -251,6 +251,9 @@ impl Control<'_> {
                         Next::Exit(Ok(ExitReason::Migrated))
                     }
                     Err(why) => {
+                        for s in &self.vm.shared {
+                            s.end_migration();
+                        }
                         log::error!("migration failed, the VM keeps running here: {why}");
                         Next::Continue
                     }
@@ -394,13 +397,21 @@ impl Control<'_> {
                 result.map_err(|e| migration::error_chain(&e)),
             ));
         };
+        for s in &self.vm.shared {
+            s.begin_migration();
+        }
         match migration::spawn_send(source, opts, progress.clone(), done) {
             Ok(_) => {
                 self.migration = progress;
                 self.migrating = true;
                 ApiResponse::accepted()
             }
-            Err(e) => ApiResponse::error(500, &migration::error_chain(&e)),
+            Err(e) => {
+                for s in &self.vm.shared {
+                    s.end_migration();
+                }
+                ApiResponse::error(500, &migration::error_chain(&e))
+            }
         }
     }
 }

@@ -104,6 +104,9 @@ impl MigrationSource for VmSource {
     }
 
     fn resume(&self) -> Result<(), HookError> {
+        for s in &self.vm.shared {
+            s.release_doorbells();
+        }
         self.vm.resume();
         Ok(())
     }
@@ -143,6 +146,11 @@ impl MigrationSource for VmSource {
     }
 
     fn save_state(&self) -> Result<Vec<u8>, HookError> {
+        // Doorbells from now on wait in the eventfds for the destination
+        // (or for us again, if the migration fails).
+        for s in &self.vm.shared {
+            s.hold_doorbells();
+        }
         let state = self.vm.capture()?;
         Ok(state.to_body()?)
     }

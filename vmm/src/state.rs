@@ -8,7 +8,7 @@ use hypervisor::{Vcpu, Vm};
 
 use crate::config::VmConfig;
 use crate::device_manager::{find_state, DeviceManager};
-use crate::shmem::ShmemDevice;
+use crate::shmem::{GroupIdentity, ShmemDevice};
 use crate::snapshot::{self, SaveReport, SnapshotError, VmSnapshot};
 use crate::vcpu::{pause_all, resume_all};
 use crate::vm::{Error, RunningVm};
@@ -59,6 +59,15 @@ impl RunningVm {
                 .map_err(|e| StateError::Encode(s.state_name(), e))?;
             devices.push((s.state_name(), v));
         }
+        // Group devices come first, in `config.groups` order.
+        for (i, s) in self.shared.iter().enumerate() {
+            if let Some(identity) = s.identity() {
+                let name = group_identity_name(i);
+                let v = serde_json::to_value(identity)
+                    .map_err(|e| StateError::Encode(name.clone(), e))?;
+                devices.push((name, v));
+            }
+        }
         Ok(VmSnapshot {
             config: serde_json::to_value(&self.config)
                 .map_err(|e| StateError::Encode("configuration".into(), e))?,
@@ -102,6 +111,15 @@ impl RunningVm {
         }
         result
     }
+}
+
+fn group_identity_name(index: usize) -> String {
+    format!("group-identity {index}")
+}
+
+/// The identity of group membership `index` in a saved state, if saved.
+pub(crate) fn group_identity(state: &VmSnapshot, index: usize) -> Option<GroupIdentity> {
+    find_state(&state.devices, &group_identity_name(index)).ok()
 }
 
 /// The configuration a saved state was taken with.

@@ -6,6 +6,7 @@
 //! wakes it.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ impl GroupThread {
         doorbells: Arc<Mutex<Doorbells>>,
         changed: Arc<EventFd>,
         vectors: u16,
+        migrating: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let state = State {
@@ -44,6 +46,8 @@ impl GroupThread {
             stop: stop.clone(),
             vectors,
             last_attempt: None,
+            migrating,
+            announced: false,
         };
         let handle = std::thread::Builder::new()
             .name("shmem-group".into())
@@ -66,6 +70,10 @@ struct State {
     stop: Arc<EventFd>,
     vectors: u16,
     last_attempt: Option<Instant>,
+    /// Set while the VM is being migrated: the destination takes our
+    /// connection over, and we must not take it back by reconnecting.
+    migrating: Arc<AtomicBool>,
+    announced: bool,
 }
 
 fn readable(p: &libc::pollfd) -> bool {
@@ -210,7 +218,7 @@ impl State {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = if socket.is_some() {
+            let timeout = if socket.is_some() || self.migrating.load(Ordering::Acquire) {
                 -1
             } else {
                 RECONNECT_INTERVAL.as_millis() as i32
@@ -241,7 +249,18 @@ impl State {
                     }
                 }
             }
-            if self.peer.socket_fd().is_none() {
+            let migrating = self.migrating.load(Ordering::Acquire);
+            if migrating && !self.announced && self.peer.socket_fd().is_some() {
+                // The state table shows `migrating` while we move.
+                if let Err(e) = self.peer.announce_migration() {
+                    log::warn!("shmem: cannot announce the migration: {e}");
+                }
+                self.announced = true;
+            }
+            if !migrating {
+                self.announced = false;
+            }
+            if self.peer.socket_fd().is_none() && !migrating {
                 self.try_reconnect();
             }
         }

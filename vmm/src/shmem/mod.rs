@@ -15,7 +15,7 @@ mod vectors;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::ivshmem::{Ivshmem, IvshmemConfig, REGION_BAR, REGS_BAR};
@@ -38,6 +38,8 @@ use vectors::{IrqLine, Vectors};
 pub enum ShmemError {
     #[error("cannot join the group at {0}")]
     Join(PathBuf, #[source] shmem_group::client::ClientError),
+    #[error("the group at {0} gave peer id {2} instead of the migrated VM's {1}")]
+    Takeover(PathBuf, u16, u16),
     #[error("--shmem-group {0}: vectors={1} but the group server has only {2}")]
     TooManyVectors(PathBuf, u16, u32),
     #[error("cannot open the shared file {0}")]
@@ -116,6 +118,10 @@ impl BarRelocator for Relocator {
 pub struct ShmemDevice {
     bdf: PciBdf,
     group: Option<GroupMembership>,
+    /// Token and id that let a migrated VM take this membership over.
+    identity: Option<GroupIdentity>,
+    migrating: Arc<AtomicBool>,
+    changed: Option<Arc<EventFd>>,
     dev: Arc<Mutex<Ivshmem>>,
     relocator: Arc<Relocator>,
     description: String,
@@ -133,6 +139,47 @@ impl ShmemDevice {
     /// `group <socket>` or `file <path>`, for logs and the API.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// The membership's identity, for a migration destination.
+    pub fn identity(&self) -> Option<&GroupIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// The VM starts to migrate: the state table shows `migrating`, and a
+    /// dropped server connection (the destination taking over) is not
+    /// re-established from here.
+    pub fn begin_migration(&self) {
+        self.set_migrating(true);
+    }
+
+    /// The migration failed: this VM is the member again (it reconnects
+    /// with its token if the destination had taken the membership over).
+    pub fn end_migration(&self) {
+        self.set_migrating(false);
+        self.release_doorbells();
+    }
+
+    fn set_migrating(&self, on: bool) {
+        self.migrating
+            .store(on, std::sync::atomic::Ordering::Release);
+        if let Some(c) = &self.changed {
+            let _ = c.write(1);
+        }
+    }
+
+    /// Leaves incoming doorbells in the eventfds (see [`Vectors::hold`]).
+    pub fn hold_doorbells(&self) {
+        if let Some(v) = &self.vectors {
+            v.hold();
+        }
+    }
+
+    /// Delivers incoming doorbells again.
+    pub fn release_doorbells(&self) {
+        if let Some(v) = &self.vectors {
+            v.release();
+        }
     }
 
     /// The group this device is a member of (`None` for a plain file).
@@ -188,6 +235,13 @@ impl Drop for ShmemDevice {
             v.unwire_all();
         }
     }
+}
+
+/// What a destination needs to take a group membership over.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupIdentity {
+    pub token: String,
+    pub id: u16,
 }
 
 /// A device's membership in a group.
@@ -300,9 +354,27 @@ impl devices::pci::MsixNotifier for NoVectors {
 }
 
 /// Joins the group of `cfg` and adds its device to the VM.
-pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, ShmemError> {
-    let peer = Peer::connect_with(&cfg.socket, PeerOptions::default())
+pub fn attach_group(
+    p: &Platform<'_>,
+    cfg: &GroupConfig,
+    takeover: Option<&GroupIdentity>,
+) -> Result<ShmemDevice, ShmemError> {
+    let options = PeerOptions {
+        token: takeover.map(|t| t.token.clone()),
+        id: takeover.map(|t| t.id),
+        ..PeerOptions::default()
+    };
+    let peer = Peer::connect_with(&cfg.socket, options)
         .map_err(|e| ShmemError::Join(cfg.socket.clone(), e))?;
+    if let Some(t) = takeover {
+        if peer.id() != t.id {
+            return Err(ShmemError::Takeover(cfg.socket.clone(), t.id, peer.id()));
+        }
+    }
+    let identity = peer.token().map(|token| GroupIdentity {
+        token: token.to_string(),
+        id: peer.id(),
+    });
     let server_vectors = peer.vectors();
     let vectors = match cfg.vectors {
         Some(n) if u32::from(n) > server_vectors => {
@@ -370,11 +442,22 @@ pub fn attach_group(p: &Platform<'_>, cfg: &GroupConfig) -> Result<ShmemDevice, 
         peer.id(),
         mapping.len()
     );
-    let thread = GroupThread::spawn(peer, dev.clone(), doorbells, changed, vectors)
-        .map_err(ShmemError::Thread)?;
+    let migrating = Arc::new(AtomicBool::new(false));
+    let thread = GroupThread::spawn(
+        peer,
+        dev.clone(),
+        doorbells,
+        changed.clone(),
+        vectors,
+        migrating.clone(),
+    )
+    .map_err(ShmemError::Thread)?;
     Ok(ShmemDevice {
         bdf,
         group: Some(membership),
+        identity,
+        migrating,
+        changed: Some(changed),
         dev,
         relocator,
         description: format!("group {}", cfg.socket.display()),
@@ -420,6 +503,9 @@ pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDev
     Ok(ShmemDevice {
         bdf,
         group: None,
+        identity: None,
+        migrating: Arc::new(AtomicBool::new(false)),
+        changed: None,
         dev,
         relocator,
         description: format!("file {}", cfg.path.display()),

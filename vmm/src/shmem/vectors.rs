@@ -21,6 +21,9 @@ use crate::interrupts::{IrqRouting, RoutingError};
 struct Vector {
     gsi: u32,
     fd: RawFd,
+    /// The guest wants this vector delivered (unmasked, MSI-X on).
+    wanted: bool,
+    /// Its irqfd is registered.
     wired: bool,
 }
 
@@ -30,6 +33,9 @@ pub struct Vectors {
     vm: Arc<dyn Vm>,
     routing: Arc<IrqRouting>,
     vectors: Mutex<Vec<Vector>>,
+    /// Delivery is held back (the VM is being migrated away): doorbells stay
+    /// in the eventfds, for whichever VM wires them next.
+    held: std::sync::atomic::AtomicBool,
     /// Signalled when a vector's wiring changed (the group thread then
     /// re-checks whether it must deliver through INTx).
     changed: Arc<EventFd>,
@@ -50,6 +56,7 @@ impl Vectors {
             vectors.push(Vector {
                 gsi: routing.allocate_gsi()?,
                 fd,
+                wanted: false,
                 wired: false,
             });
         }
@@ -57,6 +64,7 @@ impl Vectors {
             vm,
             routing,
             vectors: Mutex::new(vectors),
+            held: std::sync::atomic::AtomicBool::new(false),
             changed,
             log: LogLimiter::new(),
         })
@@ -65,6 +73,39 @@ impl Vectors {
     fn warn(&self, what: &str, e: &dyn std::error::Error) {
         if self.log.allow() {
             log::warn!("shmem: {what}: {e}");
+        }
+    }
+
+    fn wire(&self, v: &mut Vector) {
+        match self.vm.register_irqfd(v.fd, v.gsi, None) {
+            Ok(()) => v.wired = true,
+            Err(e) => self.warn("cannot wire an MSI-X vector", &e),
+        }
+    }
+
+    fn unwire(&self, v: &mut Vector) {
+        if let Err(e) = self.vm.unregister_irqfd(v.fd, v.gsi) {
+            self.warn("cannot unwire an MSI-X vector", &e);
+        }
+        v.wired = false;
+    }
+
+    /// Stops delivering doorbells to this VM (before its state is saved for
+    /// a migration): they wait in the eventfds instead of being consumed.
+    pub fn hold(&self) {
+        let mut vectors = self.vectors.lock().unwrap_or_else(PoisonError::into_inner);
+        self.held.store(true, std::sync::atomic::Ordering::Release);
+        for v in vectors.iter_mut().filter(|v| v.wired) {
+            self.unwire(v);
+        }
+    }
+
+    /// Delivers again after [`Vectors::hold`] (the migration failed).
+    pub fn release(&self) {
+        let mut vectors = self.vectors.lock().unwrap_or_else(PoisonError::into_inner);
+        self.held.store(false, std::sync::atomic::Ordering::Release);
+        for v in vectors.iter_mut().filter(|v| v.wanted && !v.wired) {
+            self.wire(v);
         }
     }
 
@@ -93,17 +134,11 @@ impl MsixNotifier for Vectors {
                 return;
             }
         }
-        match (masked, v.wired) {
-            (false, false) => match self.vm.register_irqfd(v.fd, v.gsi, None) {
-                Ok(()) => v.wired = true,
-                Err(e) => self.warn("cannot wire an MSI-X vector", &e),
-            },
-            (true, true) => {
-                if let Err(e) = self.vm.unregister_irqfd(v.fd, v.gsi) {
-                    self.warn("cannot unwire an MSI-X vector", &e);
-                }
-                v.wired = false;
-            }
+        v.wanted = !masked;
+        let held = self.held.load(std::sync::atomic::Ordering::Acquire);
+        match (v.wanted && !held, v.wired) {
+            (true, false) => self.wire(v),
+            (false, true) => self.unwire(v),
             _ => {}
         }
         let _ = self.changed.write(1);
