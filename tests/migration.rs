@@ -39,7 +39,11 @@ fn api(socket: &Path, args: &[&str]) -> (bool, String, String) {
 fn wait_for_socket(path: &Path) {
     let deadline = std::time::Instant::now() + TIMEOUT;
     while !path.exists() {
-        assert!(std::time::Instant::now() < deadline, "no API socket at {}", path.display());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no API socket at {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -108,7 +112,10 @@ fn snapshot_then_restore_continues_the_counter() {
         "restored counter {first} does not continue after {last}"
     );
     assert!(
-        !restored.lines().iter().any(|l| l.contains("SHOAL-TG start")),
+        !restored
+            .lines()
+            .iter()
+            .any(|l| l.contains("SHOAL-TG start")),
         "the restored VM booted again:\n{}",
         restored.output()
     );
@@ -151,7 +158,10 @@ fn migrate_keeps_ram(url: &str, dir: &Path, extra: &[&str]) {
     args.extend_from_slice(extra);
     let (ok, out, err) = api(&socket, &args);
     assert!(ok, "send-migration failed:\n{out}\n{err}\n{}", src.output());
-    assert!(out.contains("downtime") || err.contains("downtime"), "no report:\n{out}\n{err}");
+    assert!(
+        out.contains("downtime") || err.contains("downtime"),
+        "no report:\n{out}\n{err}"
+    );
     let status = src.wait_for_exit(TIMEOUT).unwrap();
     assert!(status.success(), "{}", src.output());
     let after = dest.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
@@ -219,7 +229,10 @@ fn source_keeps_running_when_the_destination_dies() {
     let (mut src, socket) = source_vm(&dir, "scenario=counter shift=12");
     let before = next_count(&mut src);
     let (ok, out, err) = api(&socket, &["send-migration", &url]);
-    assert!(!ok, "migration to a dead destination succeeded:\n{out}\n{err}");
+    assert!(
+        !ok,
+        "migration to a dead destination succeeded:\n{out}\n{err}"
+    );
     killer.join().unwrap();
     // The guest keeps counting at the source.
     assert!(next_count(&mut src) > before);
