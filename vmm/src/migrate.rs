@@ -251,14 +251,8 @@ impl MigrationTarget for IncomingVm<'_> {
     }
 
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError> {
-        let file = self.ram_file()?;
-        let zeros = vec![0u8; 1 << 16];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            file.write_all_at(&zeros[..n], offset + done)?;
-            done += n as u64;
-        }
+        // A hole in the memfd reads as zeros and frees the page.
+        crate::snapshot::memory::punch_hole(self.ram_file()?, offset, len)?;
         Ok(())
     }
 

@@ -4,8 +4,8 @@
 //!
 //! Each is an ivshmem-compatible PCI function (`devices::ivshmem`) whose
 //! BAR2 is a KVM memory slot on the region's fd. In a group, doorbells stay
-//! in the kernel both ways ([`doorbells`], [`vectors`]); a thread per group
-//! ([`group_thread`]) follows membership changes, delivers doorbells through
+//! in the kernel both ways (`doorbells`, `vectors`); a thread per group
+//! (`group_thread`) follows membership changes, delivers doorbells through
 //! INTx while the guest has MSI-X off, and reconnects to a restarted server.
 
 mod doorbells;
@@ -168,7 +168,7 @@ impl ShmemDevice {
         }
     }
 
-    /// Leaves incoming doorbells in the eventfds (see [`Vectors::hold`]).
+    /// Leaves incoming doorbells in the eventfds (see `Vectors::hold`).
     pub fn hold_doorbells(&self) {
         if let Some(v) = &self.vectors {
             v.hold();

@@ -1,0 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Fuzzes the guest SDK allocator: operation sequences from several peers,
+//! dead-peer injection, and the heap checker as the oracle (see
+//! `shoal::alloc::fuzz::run`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(e) = shoal::alloc::fuzz::run(data) {
+        panic!("heap inconsistent: {e}");
+    }
+});
