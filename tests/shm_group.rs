@@ -238,17 +238,18 @@ fn vms_keep_working_and_their_ids_across_a_server_restart() {
         .unwrap();
     vm.wait_for_line("SHOAL-TG shm saw 0x100000 0x2", TIMEOUT)
         .unwrap();
-    // The VM reconnected with its id (within the reconnect interval).
+    // The VM's VMM reconnected to the new server with its id (it retries
+    // every second).
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let region = host.region().unwrap();
-        let state = region.peer(vm_id).and_then(|p| p.state).map(|s| s.name());
-        if state == Some("alive") {
+        let status = shmem_group::client::query_status(&socket, TIMEOUT).unwrap();
+        let member = status.members.iter().find(|m| m.id == vm_id);
+        if member.is_some_and(|m| m.connected && m.state == "alive") {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "VM {vm_id} is {state:?} after the restart"
+            "VM {vm_id} did not reconnect: {member:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
