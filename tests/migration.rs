@@ -263,3 +263,109 @@ fn incoming_refuses_a_garbage_stream_and_a_busy_address() {
     assert!(stderr.contains("migration"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Two network namespaces joined by a veth pair: the project's own test
+/// hosts, removed on drop.
+struct NetPair {
+    names: [String; 2],
+}
+
+impl NetPair {
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `10.<net>.0.1` in the first namespace, `10.<net>.0.2` in the second.
+    fn new(net: u8) -> NetPair {
+        let id = std::process::id();
+        let names = [format!("shoal-a-{id}"), format!("shoal-b-{id}")];
+        let pair = NetPair { names };
+        let [a, b] = &pair.names;
+        let (va, vb) = (
+            format!("sha{}", id % 100_000),
+            format!("shb{}", id % 100_000),
+        );
+        NetPair::ip(&["netns", "add", a]);
+        NetPair::ip(&["netns", "add", b]);
+        NetPair::ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        NetPair::ip(&["link", "set", &va, "netns", a]);
+        NetPair::ip(&["link", "set", &vb, "netns", b]);
+        for (ns, dev, addr) in [(a, &va, 1), (b, &vb, 2)] {
+            let cidr = format!("10.{net}.0.{addr}/24");
+            NetPair::ip(&["-n", ns, "addr", "add", &cidr, "dev", dev]);
+            NetPair::ip(&["-n", ns, "link", "set", dev, "up"]);
+            NetPair::ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// `ip netns exec <ns> shoal <args>` as a guest process.
+    fn shoal(&self, which: usize, args: &[&str]) -> GuestProcess {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.names[which]])
+            .arg(shoal_binary().unwrap())
+            .args(args);
+        GuestProcess::spawn(cmd).unwrap()
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+#[test]
+fn live_migration_over_tcp_between_network_namespaces() {
+    let dir = scratch("netns");
+    let net = NetPair::new(77);
+    let url = "tcp:10.77.0.2:4444";
+    let mut dest = net.shoal(1, &["run", "--incoming", url]);
+    let socket = dir.join("api.sock");
+    let mut src = net.shoal(
+        0,
+        &[
+            "run",
+            "--kernel",
+            &guest(),
+            "--memory",
+            "128M",
+            "--cmdline",
+            "scenario=checksum interval=100",
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    wait_for_socket(&socket);
+    let before = src.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    // The destination listens in the other namespace; retry until it does.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let (ok, out, err) = api(&socket, &["send-migration", url]);
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "send-migration failed:\n{out}\n{err}\n{}",
+            dest.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        src.wait_for_exit(TIMEOUT).unwrap().success(),
+        "{}",
+        src.output()
+    );
+    let after = dest.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    assert_eq!(before.split(' ').next_back(), after.split(' ').next_back());
+    assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}
