@@ -27,7 +27,8 @@ use shoal_tests::workspace_root;
 
 /// Longest the image build may take (a fresh one downloads and compiles).
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(240);
-/// Longest one run (two guest boots, the computation, power-off) may take.
+/// Longest one run (two guest boots, the computation, power-off) may take,
+/// all members together.
 const RUN_TIMEOUT: Duration = Duration::from_secs(150);
 const REGION: u64 = 16 << 20;
 /// Grid size and sweeps: enough rows for every member, seconds under TCG.
@@ -226,9 +227,10 @@ fn jacobi_in_two_guests(driver: bool) {
         .env("OMP_WAIT_POLICY", "passive");
     let mut host = Process::spawn("host", host, &scratch.0);
 
+    let deadline = started + RUN_TIMEOUT;
     let mut outputs = Vec::new();
     for process in guests.iter_mut().chain([&mut host]) {
-        let (status, output) = process.finish(RUN_TIMEOUT);
+        let (status, output) = process.finish(deadline.saturating_duration_since(Instant::now()));
         eprintln!("--- {} ({status:?}):\n{output}", process.name);
         outputs.push((process.name.clone(), status, output));
     }

@@ -5,7 +5,10 @@
 # driver's interrupts and once driverless (spinning with backoff), and checks
 # each result against its single-process reference.
 #
-#   guest-sdk/guest/run.sh [OUT]        (after build.sh; default OUT: .cache/guest)
+#   guest-sdk/guest/run.sh [OUT]        (after scripts/guest-image; default OUT: .cache/guest)
+#
+# tests/sdk_linux.rs checks the Jacobi scenarios in CI; scripts/demo is the
+# guided tour.
 #
 # Needs the shoal binary (SHOAL=path, default target/release/shoal) and
 # qemu-system-x86_64.
@@ -14,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=$(cd "${1:-$repo/.cache/guest}" && pwd)
 shoal=${SHOAL:-$repo/target/release/shoal}
-host_hist=$out/target/x86_64-unknown-linux-gnu/release/examples/histogram
+host_hist=$out/histogram
 sock=$out/group.sock
 failed=0
 
