@@ -6,7 +6,9 @@
 //! once driverless (the SDK spins with backoff). Each run is checked twice
 //! against the single-process reference: by the team's rank 0 and by the
 //! host peer `demo-peer verify`, which recomputes the run alone and compares
-//! the grid the team left in the region bit for bit.
+//! the grid the team left in the region bit for bit. The Rust histogram
+//! example runs the same way with the driver (it also reports how the SDK
+//! sleeps: `Doorbell` in the guests).
 //!
 //! The image comes from `scripts/guest-image` (cached in `.cache/guest`;
 //! the first build downloads the Debian cloud kernel and takes a minute or
@@ -31,12 +33,11 @@ const IMAGE_TIMEOUT: Duration = Duration::from_secs(240);
 /// all members together.
 const RUN_TIMEOUT: Duration = Duration::from_secs(150);
 const REGION: u64 = 16 << 20;
-/// Grid size and sweeps: enough rows for every member, seconds under TCG.
+/// Jacobi grid size and sweeps: enough rows for every member, seconds under TCG.
 const N: &str = "128";
 const SWEEPS: &str = "30";
 /// The team: two guests and one host peer.
 const MEMBERS: &str = "3";
-const MATCHES: &str = "jacobi: result matches the single-process reference";
 
 /// Builds (or finds cached) the guest image; returns its directory.
 fn guest_image() -> PathBuf {
@@ -163,10 +164,38 @@ impl Drop for Group {
     }
 }
 
-fn linux_guest(image: &Path, socket: &Path, driver: bool) -> Command {
+/// What the team runs: the same program in both guests and on the host.
+struct Workload {
+    /// Program in the initramfs (and in the image directory for the host).
+    program: &'static str,
+    /// Its arguments, the same for every member.
+    args: &'static [&'static str],
+    /// What rank 0 prints when the result equals the single-process reference.
+    matches: &'static str,
+    /// `demo-peer` arguments re-checking the result from the host afterwards.
+    recheck: Option<&'static [&'static str]>,
+}
+
+const JACOBI: Workload = Workload {
+    program: "jacobi",
+    args: &[MEMBERS, N, SWEEPS],
+    matches: "jacobi: result matches the single-process reference",
+    recheck: Some(&["verify", N, SWEEPS]),
+};
+
+const HISTOGRAM: Workload = Workload {
+    program: "histogram",
+    args: &["member", MEMBERS],
+    matches: "bins match the single-process reference",
+    recheck: None,
+};
+
+fn linux_guest(image: &Path, socket: &Path, work: &Workload, driver: bool) -> Command {
     let mut append = format!(
-        "console=ttyS0 reboot=k panic=-1 quiet shoal.run=/jacobi,{MEMBERS},{N},{SWEEPS} \
-         shoal.env=OMP_NUM_THREADS=2,OMP_WAIT_POLICY=passive"
+        "console=ttyS0 reboot=k panic=-1 quiet shoal.run=/{},{} \
+         shoal.env=OMP_NUM_THREADS=2,OMP_WAIT_POLICY=passive",
+        work.program,
+        work.args.join(",")
     );
     if driver {
         append.push_str(" shoal.driver=1");
@@ -175,13 +204,8 @@ fn linux_guest(image: &Path, socket: &Path, driver: bool) -> Command {
     command
         .args(["-machine", "q35", "-accel", "tcg", "-cpu", "qemu64"])
         .args(["-smp", "2", "-m", "512"])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
+        .args(["-nographic", "-no-reboot", "-nodefaults"])
+        .args(["-serial", "stdio"])
         .arg("-kernel")
         .arg(image.join("vmlinuz"))
         .arg("-initrd")
@@ -208,20 +232,66 @@ fn driver_interrupts(output: &str) -> Option<u64> {
     )
 }
 
-/// One run: two guests and a host member, then the host re-check.
-fn jacobi_in_two_guests(driver: bool) {
+/// Checks one guest's console: the program exited 0 in the guest, and
+/// waited the way the mode says (driver interrupts, or the polling fallback).
+fn check_guest(name: &str, output: &str, driver: bool) {
+    assert!(
+        output.contains("SHOAL-EXIT: 0"),
+        "{name}: the program did not exit 0 in the guest"
+    );
+    let polling = output.contains("waiting by spinning with backoff");
+    let irqs = driver_interrupts(output);
+    // The Rust example reports its transport and how it sleeps.
+    if output.contains("histogram: rank") {
+        let kind = if driver {
+            "pci, Doorbell)"
+        } else {
+            "pci, Poll)"
+        };
+        assert!(
+            output.contains(kind),
+            "{name}: the SDK does not report {kind}"
+        );
+    }
+    if driver {
+        assert!(!polling, "{name} polled although the driver was loaded");
+        assert!(
+            irqs.is_some_and(|n| n > 0),
+            "{name}: no doorbell interrupt reached the guest driver ({irqs:?})"
+        );
+    } else {
+        assert!(polling, "{name} did not report the polling fallback");
+        assert_eq!(
+            irqs, None,
+            "{name}: the driver was loaded without shoal.driver=1"
+        );
+    }
+}
+
+/// One run: the workload in two guests and on the host, as one team, then
+/// the host re-check if the workload has one.
+fn run_in_two_guests(work: &Workload, driver: bool) {
     let image = guest_image();
-    let scratch = Scratch::new(if driver { "driver" } else { "polling" });
+    let mode = if driver { "driver" } else { "polling" };
+    let scratch = Scratch::new(&format!("{}-{mode}", work.program));
     let socket = scratch.0.join("group.sock");
     let _group = Group::start(&socket);
 
     let started = Instant::now();
     let mut guests = [
-        Process::spawn("guest1", linux_guest(&image, &socket, driver), &scratch.0),
-        Process::spawn("guest2", linux_guest(&image, &socket, driver), &scratch.0),
+        Process::spawn(
+            "guest1",
+            linux_guest(&image, &socket, work, driver),
+            &scratch.0,
+        ),
+        Process::spawn(
+            "guest2",
+            linux_guest(&image, &socket, work, driver),
+            &scratch.0,
+        ),
     ];
-    let mut host = Command::new(image.join("jacobi"));
-    host.args([MEMBERS, N, SWEEPS])
+    let mut host = Command::new(image.join(work.program));
+    host.args(work.args)
         .env("SHOAL_SOCKET", &socket)
         .env("OMP_NUM_THREADS", "2")
         .env("OMP_WAIT_POLICY", "passive");
@@ -242,63 +312,50 @@ fn jacobi_in_two_guests(driver: bool) {
             "{name} did not finish within {RUN_TIMEOUT:?}"
         );
         assert!(!output.contains("MISMATCH"), "{name} saw a mismatch");
-        if name.starts_with("guest") {
-            assert!(
-                output.contains("SHOAL-EXIT: 0"),
-                "{name}: jacobi did not exit 0 in the guest"
-            );
-            let polling = output.contains("waiting by spinning with backoff");
-            let irqs = driver_interrupts(output);
-            if driver {
-                assert!(!polling, "{name} polled although the driver was loaded");
-                assert!(
-                    irqs.is_some_and(|n| n > 0),
-                    "{name}: no doorbell interrupt reached the guest driver ({irqs:?})"
-                );
-            } else {
-                assert!(polling, "{name} did not report the polling fallback");
-                assert_eq!(
-                    irqs, None,
-                    "{name}: the driver was loaded without shoal.driver=1"
-                );
-            }
-        } else {
+        if name == "host" {
             assert!(
                 status.is_some_and(|s| s.success()),
                 "the host member failed: {status:?}"
             );
+        } else {
+            check_guest(name, output, driver);
         }
     }
     let rank0 = outputs
         .iter()
-        .filter(|(_, _, o)| o.contains(MATCHES))
+        .filter(|(_, _, output)| output.contains(work.matches))
         .count();
     assert_eq!(
         rank0, 1,
         "exactly one member (rank 0) reports the reference match"
     );
 
-    let mut verify = Command::new(image.join("demo-peer"));
-    verify
-        .args(["verify", N, SWEEPS])
-        .env("SHOAL_SOCKET", &socket);
-    let (status, output) =
-        Process::spawn("verify", verify, &scratch.0).finish(Duration::from_secs(30));
-    eprintln!("--- verify ({status:?}):\n{output}");
-    assert!(
-        status.is_some_and(|s| s.success()) && output.contains(" 0 cells differ"),
-        "the host re-check failed"
-    );
+    if let Some(args) = work.recheck {
+        let mut recheck = Command::new(image.join("demo-peer"));
+        recheck.args(args).env("SHOAL_SOCKET", &socket);
+        let (status, output) =
+            Process::spawn("recheck", recheck, &scratch.0).finish(Duration::from_secs(30));
+        eprintln!("--- recheck ({status:?}):\n{output}");
+        assert!(
+            status.is_some_and(|s| s.success()) && output.contains(" 0 cells differ"),
+            "the host re-check failed"
+        );
+    }
 }
 
 #[test]
 fn jacobi_in_two_linux_guests_with_driver_interrupts() {
-    jacobi_in_two_guests(true);
+    run_in_two_guests(&JACOBI, true);
 }
 
 #[test]
 fn jacobi_in_two_linux_guests_driverless_polling() {
-    jacobi_in_two_guests(false);
+    run_in_two_guests(&JACOBI, false);
+}
+
+#[test]
+fn rust_histogram_in_two_linux_guests_with_driver_interrupts() {
+    run_in_two_guests(&HISTOGRAM, true);
 }
 
 #[test]
@@ -307,4 +364,22 @@ fn driver_interrupts_sums_the_cpu_columns() {
         "SHOAL-IRQ:  24:         12          3  PCI-MSIX-0000:00:03.0   0-edge      shoal_ivshmem";
     assert_eq!(driver_interrupts(log), Some(15));
     assert_eq!(driver_interrupts("SHOAL-EXIT: 0"), None);
+}
+
+#[test]
+#[should_panic(expected = "no doorbell interrupt reached the guest driver")]
+fn check_guest_rejects_a_driver_run_without_interrupts() {
+    check_guest("guest1", "SHOAL-EXIT: 0\n", true);
+}
+
+#[test]
+#[should_panic(expected = "did not report the polling fallback")]
+fn check_guest_rejects_a_driverless_run_without_the_polling_notice() {
+    check_guest("guest1", "SHOAL-EXIT: 0\n", false);
+}
+
+#[test]
+#[should_panic(expected = "did not exit 0")]
+fn check_guest_rejects_a_failed_program() {
+    check_guest("guest1", "SHOAL-EXIT: 1\n", true);
 }
