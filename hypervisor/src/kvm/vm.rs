@@ -53,6 +53,23 @@ fn get_chip(fd: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {
     Ok(chip)
 }
 
+/// Calls `VmFd::$op` with the datamatch value typed by the access width
+/// (kvm-ioctls takes the width from the type).
+macro_rules! ioevent {
+    ($self:ident, $op:ident, $fd:expr, $addr:expr, $len:expr, $datamatch:expr) => {{
+        let efd = borrow_eventfd($fd);
+        let addr = kvm_io_address($addr);
+        match ($datamatch, $len) {
+            (None, _) => $self.fd.$op(&efd, &addr, kvm_ioctls::NoDatamatch),
+            (Some(d), 1) => $self.fd.$op(&efd, &addr, d as u8),
+            (Some(d), 2) => $self.fd.$op(&efd, &addr, d as u16),
+            (Some(d), 4) => $self.fd.$op(&efd, &addr, d as u32),
+            (Some(d), _) => $self.fd.$op(&efd, &addr, d),
+        }
+        .map_err(Error::ioctl("KVM_IOEVENTFD"))
+    }};
+}
+
 impl Vm for KvmVm {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>> {
         let fd = self
@@ -216,18 +233,7 @@ impl Vm for KvmVm {
         len: u32,
         datamatch: Option<u64>,
     ) -> Result<()> {
-        let efd = borrow_eventfd(fd);
-        let addr = kvm_io_address(addr);
-        let r = match (datamatch, len) {
-            (None, _) => self
-                .fd
-                .register_ioevent(&efd, &addr, kvm_ioctls::NoDatamatch),
-            (Some(d), 1) => self.fd.register_ioevent(&efd, &addr, d as u8),
-            (Some(d), 2) => self.fd.register_ioevent(&efd, &addr, d as u16),
-            (Some(d), 4) => self.fd.register_ioevent(&efd, &addr, d as u32),
-            (Some(d), _) => self.fd.register_ioevent(&efd, &addr, d),
-        };
-        r.map_err(Error::ioctl("KVM_IOEVENTFD"))
+        ioevent!(self, register_ioevent, fd, addr, len, datamatch)
     }
 
     fn unregister_ioevent(
@@ -237,18 +243,7 @@ impl Vm for KvmVm {
         len: u32,
         datamatch: Option<u64>,
     ) -> Result<()> {
-        let efd = borrow_eventfd(fd);
-        let addr = kvm_io_address(addr);
-        let r = match (datamatch, len) {
-            (None, _) => self
-                .fd
-                .unregister_ioevent(&efd, &addr, kvm_ioctls::NoDatamatch),
-            (Some(d), 1) => self.fd.unregister_ioevent(&efd, &addr, d as u8),
-            (Some(d), 2) => self.fd.unregister_ioevent(&efd, &addr, d as u16),
-            (Some(d), 4) => self.fd.unregister_ioevent(&efd, &addr, d as u32),
-            (Some(d), _) => self.fd.unregister_ioevent(&efd, &addr, d),
-        };
-        r.map_err(Error::ioctl("KVM_IOEVENTFD"))
+        ioevent!(self, unregister_ioevent, fd, addr, len, datamatch)
     }
 
     fn state(&self) -> Result<VmState> {
