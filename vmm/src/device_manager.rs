@@ -166,6 +166,7 @@ pub struct DeviceManager {
     i8042: Arc<Mutex<I8042>>,
     acpi: Arc<Mutex<AcpiPm>>,
     config_io: Arc<Mutex<PciConfigIo>>,
+    unhandled_log: devices::ratelimit::LogLimiter,
 }
 
 impl DeviceManager {
@@ -237,6 +238,7 @@ impl DeviceManager {
             i8042,
             acpi,
             config_io,
+            unhandled_log: devices::ratelimit::LogLimiter::new(),
         })
     }
 
@@ -307,28 +309,38 @@ impl DeviceManager {
     }
 }
 
+impl DeviceManager {
+    /// Logs an access no device decodes; a guest can do this in a loop, so
+    /// the lines are rate-limited.
+    fn unhandled(&self, what: &str, addr: u64, len: usize) {
+        if self.unhandled_log.allow() {
+            log::debug!("unhandled {what} {addr:#x} ({len} bytes)");
+        }
+    }
+}
+
 impl ExitHandler for DeviceManager {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
         if self.pio.read(u64::from(port), data).is_err() {
-            log::debug!("unhandled port read {port:#x} ({} bytes)", data.len());
+            self.unhandled("port read", u64::from(port), data.len());
         }
     }
 
     fn pio_write(&self, port: u16, data: &[u8]) {
         if self.pio.write(u64::from(port), data).is_err() {
-            log::debug!("unhandled port write {port:#x} ({} bytes)", data.len());
+            self.unhandled("port write", u64::from(port), data.len());
         }
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         if self.mmio.read(addr, data).is_err() {
-            log::debug!("unhandled MMIO read {addr:#x} ({} bytes)", data.len());
+            self.unhandled("MMIO read", addr, data.len());
         }
     }
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         if self.mmio.write(addr, data).is_err() {
-            log::debug!("unhandled MMIO write {addr:#x} ({} bytes)", data.len());
+            self.unhandled("MMIO write", addr, data.len());
         }
     }
 }
