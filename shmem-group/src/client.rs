@@ -339,6 +339,14 @@ impl Peer {
         self.socket = socket.to_path_buf();
     }
 
+    /// Drops the server connection (e.g. after the server broke the
+    /// protocol); the region and the doorbells keep working, and
+    /// [`Peer::reconnect`] can restore the membership.
+    pub fn disconnect(&mut self) {
+        self.stream = None;
+        self.reader = StreamReader::new();
+    }
+
     /// Whether the server connection is up.
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()

@@ -129,7 +129,11 @@ impl State {
         let events = match self.peer.poll_events() {
             Ok(events) => events,
             Err(e) => {
-                log::warn!("shmem: group server stream: {e}");
+                // A server that breaks the protocol would otherwise keep the
+                // socket readable and this loop busy: drop the connection
+                // and go through reconnecting (once a second).
+                log::warn!("shmem: group server stream: {e}; reconnecting");
+                self.peer.disconnect();
                 return;
             }
         };
