@@ -204,3 +204,88 @@ fn group_full_refuses_newcomers_but_keeps_members() {
     b.poll_events().unwrap();
     a.poll_events().unwrap();
 }
+
+/// A fake plain (v0) server on `path`: greets one client as peer 1 with a
+/// 1 MiB region and one vector, then sends `after` with `fds` attached.
+fn hostile_server(path: &Path, after: Vec<u8>, extra_fds: usize) -> std::thread::JoinHandle<()> {
+    use shmem_group::protocol::encode;
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        // SAFETY: memfd_create with a valid C string; the fd is owned below.
+        let memfd = unsafe { libc::memfd_create(c"hostile".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(memfd >= 0);
+        // SAFETY: memfd was just created and is owned by nobody else.
+        let memfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(memfd) };
+        std::fs::File::from(memfd.try_clone().unwrap())
+            .set_len(1 << 20)
+            .unwrap();
+        let own = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        scm::send(&stream, &encode(0), &[]).unwrap();
+        scm::send(&stream, &encode(1), &[]).unwrap();
+        scm::send(&stream, &encode(-1), &[memfd.as_raw_fd()]).unwrap();
+        scm::send(&stream, &encode(1), &[own.as_raw_fd()]).unwrap();
+        let fds: Vec<_> = (0..extra_fds)
+            .map(|_| vmm_sys_util::eventfd::EventFd::new(0).unwrap())
+            .collect();
+        let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        scm::send(&stream, &after, &raw).unwrap();
+        // Keep the connection open until the client drops it: the client
+        // must notice the breach itself, not through EOF.
+        let mut buf = [0u8; 64];
+        while matches!((&stream).read(&mut buf), Ok(n) if n > 0) {}
+    })
+}
+
+use std::os::fd::FromRawFd;
+
+#[test]
+fn client_reports_a_server_that_breaks_the_protocol_and_can_drop_it() {
+    use shmem_group::protocol::encode;
+    let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("negative peer id", encode(-7).to_vec(), 0),
+        ("peer id out of range", encode(70000).to_vec(), 1),
+        ("two fds on one message", encode(2).to_vec(), 2),
+        ("a second region", encode(-1).to_vec(), 1),
+    ];
+    for (what, bytes, fds) in cases {
+        let dir = tempdir(what);
+        let path = dir.join("g.sock");
+        let server = hostile_server(&path, bytes, fds);
+        let options = PeerOptions {
+            extension: false,
+            ..PeerOptions::default()
+        };
+        let mut peer = Peer::connect_with(&path, options).unwrap();
+        assert_eq!(peer.id(), 1, "{what}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match peer.poll_events() {
+                Err(_) => break,
+                Ok(events) => assert!(events.is_empty(), "{what}: {events:?}"),
+            }
+            assert!(Instant::now() < deadline, "{what}: not reported");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peer.disconnect();
+        assert!(!peer.is_connected(), "{what}");
+        assert_eq!(peer.socket_fd(), None, "{what}");
+        // The region and our own doorbell keep working.
+        peer.mapping().write(0, b"still here").unwrap();
+        peer.ring(1, 0).unwrap();
+        assert_eq!(peer.wait(0, LONG).unwrap(), 1, "{what}");
+        assert!(peer.poll_events().unwrap().is_empty(), "{what}");
+        server.join().unwrap();
+    }
+}
+
+fn tempdir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "shoal-hostile-server-{}-{}",
+        std::process::id(),
+        what.replace(' ', "-")
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

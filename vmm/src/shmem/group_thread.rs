@@ -17,8 +17,65 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::doorbells::Doorbells;
 
-/// How often to try a gone server again.
-const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+/// First wait before trying a gone server again; it doubles per failed
+/// attempt up to [`RECONNECT_MAX`], so a restarted server sees its members
+/// back within a few tens of milliseconds and a long outage costs one
+/// attempt a second.
+const RECONNECT_FIRST: Duration = Duration::from_millis(20);
+/// Longest wait between reconnect attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// How often a reconnect failure that keeps repeating is logged again.
+const RECONNECT_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// When to try the next reconnect, and when to log a failure.
+#[derive(Debug)]
+struct Backoff {
+    delay: Duration,
+    next_attempt: Option<Instant>,
+    last_logged: Option<(Instant, String)>,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            delay: RECONNECT_FIRST,
+            next_attempt: None,
+            last_logged: None,
+        }
+    }
+
+    /// Whether an attempt is due at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.next_attempt.is_none_or(|t| now >= t)
+    }
+
+    /// How long to sleep from `now` until the next attempt.
+    fn wait(&self, now: Instant) -> Duration {
+        self.next_attempt
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// Records a failed attempt at `now`; returns whether to log `error`
+    /// (the first failure, a different error, or every
+    /// [`RECONNECT_LOG_EVERY`]).
+    fn failed(&mut self, now: Instant, error: &str) -> bool {
+        self.next_attempt = Some(now + self.delay);
+        self.delay = (self.delay * 2).min(RECONNECT_MAX);
+        let log = match &self.last_logged {
+            Some((at, last)) => last != error || now.duration_since(*at) >= RECONNECT_LOG_EVERY,
+            None => true,
+        };
+        if log {
+            self.last_logged = Some((now, error.to_string()));
+        }
+        log
+    }
+
+    /// Back to fast retries (after a success, for the next outage).
+    fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
 
 /// A running group thread.
 #[derive(Debug)]
@@ -45,7 +102,7 @@ impl GroupThread {
             changed,
             stop: stop.clone(),
             vectors,
-            last_attempt: None,
+            backoff: Backoff::new(),
             migrating,
             announced: false,
         };
@@ -69,11 +126,23 @@ struct State {
     changed: Arc<EventFd>,
     stop: Arc<EventFd>,
     vectors: u16,
-    last_attempt: Option<Instant>,
+    backoff: Backoff,
     /// Set while the VM is being migrated: the destination takes our
     /// connection over, and we must not take it back by reconnecting.
     migrating: Arc<AtomicBool>,
     announced: bool,
+}
+
+/// An error with its sources, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn readable(p: &libc::pollfd) -> bool {
@@ -158,22 +227,28 @@ impl State {
     }
 
     fn try_reconnect(&mut self) {
-        if self
-            .last_attempt
-            .is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL)
-        {
+        let now = Instant::now();
+        if !self.backoff.due(now) {
             return;
         }
-        self.last_attempt = Some(Instant::now());
         match self.peer.reconnect() {
             Ok(()) => {
                 log::info!(
                     "shmem: reconnected to the group server as peer {}",
                     self.peer.id()
                 );
+                self.backoff.reset();
                 self.resync();
             }
-            Err(e) => log::debug!("shmem: reconnect failed: {e}"),
+            Err(e) => {
+                let text = error_chain(&e);
+                if self.backoff.failed(Instant::now(), &text) {
+                    log::warn!(
+                        "shmem: cannot reconnect to the group server as peer {} (retrying): {text}",
+                        self.peer.id()
+                    );
+                }
+            }
         }
     }
 
@@ -225,7 +300,9 @@ impl State {
             let timeout = if socket.is_some() || self.migrating.load(Ordering::Acquire) {
                 -1
             } else {
-                RECONNECT_INTERVAL.as_millis() as i32
+                // Rounded up: waking early would skip the attempt.
+                let wait = self.backoff.wait(Instant::now());
+                wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
             };
             // SAFETY: `fds` is a valid array of pollfd of the given length.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -268,5 +345,46 @@ impl State {
                 self.try_reconnect();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_first_delay_up_to_the_cap() {
+        let mut b = Backoff::new();
+        let t0 = Instant::now();
+        assert!(b.due(t0));
+        b.failed(t0, "refused");
+        assert!(!b.due(t0));
+        assert_eq!(b.wait(t0), RECONNECT_FIRST);
+        assert!(b.due(t0 + RECONNECT_FIRST));
+        let mut now = t0;
+        for _ in 0..20 {
+            b.failed(now, "refused");
+            now += b.wait(now);
+        }
+        b.failed(now, "refused");
+        assert_eq!(b.wait(now), RECONNECT_MAX);
+        b.reset();
+        assert!(b.due(now));
+        b.failed(now, "refused");
+        assert_eq!(b.wait(now), RECONNECT_FIRST);
+    }
+
+    #[test]
+    fn a_repeating_failure_is_logged_once_then_every_period() {
+        let mut b = Backoff::new();
+        let t0 = Instant::now();
+        assert!(b.failed(t0, "refused"));
+        assert!(!b.failed(t0 + Duration::from_secs(1), "refused"));
+        assert!(b.failed(t0 + Duration::from_secs(2), "timed out"));
+        assert!(!b.failed(t0 + Duration::from_secs(3), "timed out"));
+        assert!(b.failed(
+            t0 + Duration::from_secs(2) + RECONNECT_LOG_EVERY,
+            "timed out"
+        ));
     }
 }
