@@ -34,6 +34,24 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("Cannot map region")]
     Map(#[source] io::Error),
+    /// A huge-page region whose size is not a whole number of huge pages.
+    #[error("Region size {size} is not a multiple of the huge page size ({page} bytes)")]
+    HugeSize {
+        /// Region size.
+        size: u64,
+        /// Huge page size.
+        page: u64,
+    },
+    /// Too few free huge pages for the region.
+    #[error(
+        "Not enough free huge pages for a {size}-byte region: reserve {pages} more in /proc/sys/vm/nr_hugepages, or drop --hugepages"
+    )]
+    NoHugePages {
+        /// Region size.
+        size: u64,
+        /// Huge pages the region needs.
+        pages: u64,
+    },
     /// An offset/length outside the mapping.
     #[error("Access at {offset:#x}+{len:#x} is outside the region")]
     Bounds {
@@ -63,6 +81,10 @@ pub fn create_memfd(name: &str, size: u64, hugepages: bool) -> Result<OwnedFd, M
         .map_err(|_| MemoryError::Create(io::Error::from_raw_os_error(libc::EINVAL)))?;
     let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     if hugepages {
+        let page = huge_page_size();
+        if size % page != 0 {
+            return Err(MemoryError::HugeSize { size, page });
+        }
         flags |= libc::MFD_HUGETLB;
     }
     // SAFETY: cname is a valid NUL-terminated string.
@@ -82,6 +104,39 @@ pub fn create_memfd(name: &str, size: u64, hugepages: bool) -> Result<OwnedFd, M
         return Err(MemoryError::Seal(io::Error::last_os_error()));
     }
     Ok(fd)
+}
+
+/// The default huge page size (`Hugepagesize` in /proc/meminfo; 2 MiB if
+/// it cannot be read), which `MFD_HUGETLB` uses.
+pub fn huge_page_size() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_huge_page_size(&text))
+        .unwrap_or(2 << 20)
+}
+
+fn parse_huge_page_size(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("Hugepagesize:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// Maps a new region fd, naming the usual cause when a huge-page region
+/// cannot be mapped (the kernel reserves its pages at mmap time).
+pub fn map_new_region(fd: &OwnedFd, size: u64, hugepages: bool) -> Result<Mapping, MemoryError> {
+    Mapping::new(fd).map_err(|e| match e {
+        MemoryError::Map(io) if hugepages && io.raw_os_error() == Some(libc::ENOMEM) => {
+            MemoryError::NoHugePages {
+                size,
+                pages: size.div_ceil(huge_page_size()),
+            }
+        }
+        e => e,
+    })
 }
 
 /// Size of the file behind `fd`, plus its (device, inode) identity.
@@ -196,6 +251,29 @@ impl Drop for Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_page_size_is_read_from_meminfo() {
+        let text = "MemTotal: 1 kB\nHugepagesize:       2048 kB\nHugetlb: 0 kB\n";
+        assert_eq!(parse_huge_page_size(text), Some(2 << 20));
+        assert_eq!(
+            parse_huge_page_size("Hugepagesize: 1048576 kB"),
+            Some(1 << 30)
+        );
+        assert_eq!(parse_huge_page_size("Hugepagesize: lots"), None);
+        assert_eq!(parse_huge_page_size("MemTotal: 1 kB"), None);
+    }
+
+    #[test]
+    fn huge_page_region_must_be_whole_huge_pages() {
+        let page = huge_page_size();
+        match create_memfd("t", page / 2, true) {
+            Err(MemoryError::HugeSize { size, page: p }) => {
+                assert_eq!((size, p), (page / 2, page));
+            }
+            other => panic!("expected HugeSize, got {other:?}"),
+        }
+    }
 
     #[test]
     fn non_power_of_two_size_is_rejected() {

@@ -215,7 +215,8 @@ impl Server {
         raise_fd_limit();
         let memfd = memory::create_memfd(&config.name, config.size, config.hugepages)
             .map_err(ServerError::Memory)?;
-        let mapping = Mapping::new(&memfd).map_err(ServerError::Memory)?;
+        let mapping = memory::map_new_region(&memfd, config.size, config.hugepages)
+            .map_err(ServerError::Memory)?;
         let params = LayoutParams {
             region_size: config.size,
             max_peers: config.max_peers,
