@@ -35,12 +35,12 @@ impl Reserve {
 
 impl Drop for Reserve {
     fn drop(&mut self) {
-        let _ = std::fs::write(NR_HUGEPAGES, &self.0);
+        let _ = std::fs::write(NR_HUGEPAGES, self.0.as_bytes());
     }
 }
 
 fn config(dir: &std::path::Path, size: u64) -> ServerConfig {
-    let mut c = ServerConfig::new("huge", &dir.join("g.sock"), size);
+    let mut c = ServerConfig::new("huge", dir.join("g.sock"), size);
     c.hugepages = true;
     c
 }
