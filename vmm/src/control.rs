@@ -306,6 +306,7 @@ impl Control<'_> {
                     peer_id: u32::from(g.peer_id),
                     region_size: g.region_size,
                     server: Some(g.socket),
+                    doorbells_in_vmm: s.doorbells_in_vmm(),
                 });
             }
         }

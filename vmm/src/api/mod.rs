@@ -152,6 +152,10 @@ pub struct GroupInfo {
     /// The group server's socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// Doorbell writes the VMM handled itself instead of a KVM ioeventfd
+    /// (rings to a peer not known yet or absent); 0 on the fast path.
+    #[serde(default)]
+    pub doorbells_in_vmm: u64,
 }
 
 /// The body of `vm.info`.

@@ -36,6 +36,8 @@ pub struct Doorbells {
     /// Guest address of BAR0, 0 while unmapped.
     bar0: u64,
     fds: BTreeMap<(u16, u16), OwnedFd>,
+    /// Doorbell writes that reached the VMM instead of an ioeventfd.
+    slow_rings: u64,
     log: LogLimiter,
 }
 
@@ -46,6 +48,7 @@ impl Doorbells {
             vm,
             bar0: 0,
             fds: BTreeMap::new(),
+            slow_rings: 0,
             log: LogLimiter::new(),
         }
     }
@@ -109,6 +112,12 @@ impl Doorbells {
         p
     }
 
+    /// Doorbell writes the VMM handled itself (the kernel took all others):
+    /// rings to peers it had not registered yet, or to absent peers.
+    pub fn slow_rings(&self) -> u64 {
+        self.slow_rings
+    }
+
     /// BAR0 moved (or was placed): move every ioeventfd.
     pub fn move_bar0(&mut self, addr: u64) {
         for ((peer, vector), fd) in &self.fds {
@@ -122,7 +131,8 @@ impl Doorbells {
 
     /// The slow path: a doorbell the kernel did not catch (an unknown peer
     /// or vector, or the ioeventfd could not be registered).
-    pub fn ring(&self, peer: u16, vector: u16) {
+    pub fn ring(&mut self, peer: u16, vector: u16) {
+        self.slow_rings += 1;
         match self.fds.get(&(peer, vector)) {
             Some(fd) => {
                 let one = 1u64.to_ne_bytes();

@@ -187,6 +187,16 @@ impl ShmemDevice {
         self.group.clone()
     }
 
+    /// Doorbell writes that reached the VMM rather than a KVM ioeventfd
+    /// (0 while every ring goes to a known peer: the kernel fast path).
+    pub fn doorbells_in_vmm(&self) -> u64 {
+        self.relocator
+            .doorbells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slow_rings()
+    }
+
     /// Name of this device's state in a snapshot.
     pub fn state_name(&self) -> String {
         format!("ivshmem {}", self.bdf)
@@ -230,6 +240,11 @@ impl Drop for ShmemDevice {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             t.stop();
+            log::info!(
+                "shmem: left {}: {} doorbell write(s) reached the VMM, all others went kernel to kernel",
+                self.description,
+                self.doorbells_in_vmm()
+            );
         }
         if let Some(v) = &self.vectors {
             v.unwire_all();
