@@ -67,6 +67,18 @@ impl Nested {
         );
     }
 
+    /// L2's memory map (`/sys/firmware/memmap`) of step `name` has `entries`
+    /// (docs/platform.md).
+    fn expect_memmap(&mut self, name: &str, entries: &[&str]) {
+        let line = self.expect(&format!("NESTED-L2: {name}: memmap "), STEP_TIMEOUT);
+        for entry in entries {
+            assert!(
+                line.contains(&format!(" {entry};")),
+                "no {entry:?} in the memory map of {name}: {line:?}"
+            );
+        }
+    }
+
     /// `shoal run` of step `name` exited 0 (the guest powered off).
     fn expect_shoal_exit_ok(&mut self, name: &str) {
         self.expect(
@@ -81,6 +93,7 @@ impl Nested {
     /// single-process references.
     fn expect_sdk(&mut self, name: &str, driver: &str) {
         self.expect_l2_init(name);
+        self.expect(&format!("NESTED-L2: {name}: memmap "), STEP_TIMEOUT);
         let bound = self.expect(&format!("NESTED-L2: {name}: device "), STEP_TIMEOUT);
         assert!(
             bound.ends_with(&format!(" driver {driver}")),
@@ -155,8 +168,24 @@ fn nested_linux_bzimage_and_pvh_reach_init_in_shoal() {
     run.expect_kvm();
     run.expect(GUEST_DONE, STEP_TIMEOUT);
     run.expect_shoal_exit_ok("test-guest");
-    for step in ["bzimage", "pvh"] {
+    // bzImage with 256 MiB; PVH with 4 GiB, 1 GiB of it above 4 GiB.
+    let low = "0x0-0x9fbff System_RAM";
+    let ecam = "0xe0000000-0xefffffff Reserved";
+    let maps: [(&str, &[&str]); 2] = [
+        ("bzimage", &[low, "0x100000-0xfffffff System_RAM", ecam]),
+        (
+            "pvh",
+            &[
+                low,
+                "0x100000-0xbfffffff System_RAM",
+                ecam,
+                "0x100000000-0x13fffffff System_RAM",
+            ],
+        ),
+    ];
+    for (step, entries) in maps {
         run.expect_l2_init(step);
+        run.expect_memmap(step, entries);
         run.expect_shoal_exit_ok(step);
     }
     run.expect_done();
