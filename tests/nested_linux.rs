@@ -192,6 +192,59 @@ fn nested_linux_bzimage_and_pvh_reach_init_in_shoal() {
 }
 
 #[test]
+fn nested_linux_live_migration_of_a_running_linux_guest() {
+    let mut run = Nested::start(&["migrate"]);
+    run.expect_kvm();
+    run.expect("NESTED-L1: migrate: source at tick 3", STEP_TIMEOUT);
+    run.expect(
+        "NESTED-L1: migrate: migration completed: the VM runs at the destination",
+        STEP_TIMEOUT,
+    );
+    run.expect("NESTED-L1: migrate: source exit 0", STEP_TIMEOUT);
+    run.expect("NESTED-L1: migrate: destination exit 0 ", STEP_TIMEOUT);
+    // The guest's own lines, from each process's serial log in turn: it
+    // booted at the source and went on counting at the destination, with
+    // the same memory (the checksum of a file in its initramfs).
+    run.expect("NESTED-L1: migrate: source serial:", STEP_TIMEOUT);
+    run.expect_l2_init("migrate");
+    let ticks = |run: &mut Nested, until: &str| -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        loop {
+            let line = run.expect("NESTED-L", STEP_TIMEOUT);
+            if line.starts_with(until) {
+                return out;
+            }
+            if let Some(rest) = line.strip_prefix("NESTED-L2: migrate: tick ") {
+                let mut words = rest.split(' ');
+                let n = words.next().unwrap().parse().unwrap();
+                out.push((n, words.next_back().unwrap().to_string()));
+            }
+        }
+    };
+    let source = ticks(&mut run, "NESTED-L1: migrate: destination serial:");
+    let destination = ticks(&mut run, "NESTED-L1: migrate: end of serial");
+    let numbers: Vec<u32> = source.iter().chain(&destination).map(|t| t.0).collect();
+    assert_eq!(
+        numbers,
+        (1..=20).collect::<Vec<_>>(),
+        "{}",
+        run.run.output()
+    );
+    assert!(
+        !source.is_empty() && !destination.is_empty(),
+        "{}",
+        run.run.output()
+    );
+    let sum = &source[0].1;
+    assert!(
+        source.iter().chain(&destination).all(|t| &t.1 == sum),
+        "{}",
+        run.run.output()
+    );
+    run.expect_done();
+}
+
+#[test]
 fn nested_linux_sdk_with_the_guest_driver_msix() {
     let mut run = Nested::start(&["driver"]);
     run.expect_kvm();
