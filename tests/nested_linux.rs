@@ -253,9 +253,6 @@ fn nested_linux_sdk_with_the_guest_driver_msix() {
 }
 
 #[test]
-#[ignore = "the SDK re-enables INTx by writing 1 to the uio node, which uio_pci_generic \
-            does not implement (ENOSYS): after the first doorbell INTx stays disabled and \
-            Jacobi hangs in a barrier (scripts/nested-linux uio)"]
 fn nested_linux_sdk_with_uio_pci_generic_intx() {
     let mut run = Nested::start(&["uio"]);
     run.expect_kvm();

@@ -7,8 +7,11 @@
 //! - interrupts reach userspace through a character device whose `read`
 //!   blocks until the next interrupt: `$SHOAL_IRQ_DEV` if set (our guest
 //!   driver's node), else the device's uio node (`uio_pci_generic`, INTx,
-//!   Shoal's own device); each read is answered by writing 1 back, which
-//!   re-enables INTx for uio.
+//!   Shoal's own device). `uio_pci_generic` masks INTx (PCI command bit 10,
+//!   interrupt disable) in its handler and has no way to unmask it through
+//!   the uio node, so after each interrupt the SDK reads IntrStatus (which
+//!   clears the device's level) and clears the bit through the device's
+//!   `config` file.
 //!
 //! One thread per process blocks on that device and bumps a process-local
 //! epoch word that waiting threads sleep on (a private futex), so every
@@ -39,7 +42,11 @@ pub const PCI_ENV: &str = "SHOAL_PCI";
 pub const IRQ_ENV: &str = "SHOAL_IRQ_DEV";
 
 const REG_INTR_MASK: usize = 0x0;
+const REG_INTR_STATUS: usize = 0x4;
 const REG_IV_POSITION: usize = 0x8;
+/// PCI command register (config space) and its interrupt-disable bit.
+const PCI_COMMAND: u64 = 0x4;
+const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const REG_DOORBELL: usize = 0xc;
 const REGS_LEN: usize = 0x10;
 
@@ -49,6 +56,13 @@ struct FileMap {
     ptr: *mut u8,
     len: usize,
 }
+
+// SAFETY: the mapping is device (or shared) memory touched only through
+// bounds-checked volatile accesses; it stays mapped until the last owner
+// drops it.
+unsafe impl Send for FileMap {}
+// SAFETY: as above.
+unsafe impl Sync for FileMap {}
 
 impl FileMap {
     fn open(path: &Path, min_len: usize) -> Result<Self, TransportError> {
@@ -144,7 +158,8 @@ pub fn find_devices(sysfs: &Path) -> Vec<PathBuf> {
 pub enum IrqSource {
     /// Our guest driver's node (or `$SHOAL_IRQ_DEV`): 8-byte reads.
     Driver(PathBuf),
-    /// A uio node: 4-byte reads, then a 4-byte 1 to re-enable INTx.
+    /// A uio node (`uio_pci_generic`): 4-byte reads; INTx is unmasked
+    /// through the device's config space after each one.
     Uio(PathBuf),
 }
 
@@ -172,16 +187,78 @@ pub fn irq_source(dev: &Path) -> Option<IrqSource> {
 #[derive(Debug)]
 struct Epoch(AtomicU32);
 
-fn spawn_dispatcher(source: &IrqSource, epoch: Arc<Epoch>) -> Result<(), TransportError> {
+/// Clears the interrupt-disable bit in the PCI command register through
+/// `config` (sysfs), letting INTx through again.
+fn unmask_intx(config: &fs::File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut word = [0u8; 2];
+    config.read_exact_at(&mut word, PCI_COMMAND)?;
+    let command = u16::from_le_bytes(word);
+    if command & PCI_COMMAND_INTX_DISABLE != 0 {
+        let cleared = command & !PCI_COMMAND_INTX_DISABLE;
+        config.write_all_at(&cleared.to_le_bytes(), PCI_COMMAND)?;
+    }
+    Ok(())
+}
+
+/// What the interrupt thread does after each interrupt.
+enum Ack {
+    /// Our driver: nothing (it acknowledges in the kernel).
+    None,
+    /// uio_pci_generic: read IntrStatus, then unmask INTx.
+    Uio {
+        regs: Arc<FileMap>,
+        config: fs::File,
+    },
+}
+
+impl Ack {
+    fn acknowledge(&self) -> io::Result<()> {
+        match self {
+            Ack::None => Ok(()),
+            Ack::Uio { regs, config } => {
+                // Reading IntrStatus clears it, and with it the INTx level;
+                // a doorbell arriving after this read raises it again and
+                // fires once INTx is unmasked, so none is lost.
+                let _ = regs.read32(REG_INTR_STATUS);
+                unmask_intx(config)
+            }
+        }
+    }
+}
+
+fn spawn_dispatcher(
+    source: &IrqSource,
+    dev: &Path,
+    regs: &Arc<FileMap>,
+    epoch: Arc<Epoch>,
+) -> Result<(), TransportError> {
     let (path, uio) = match source {
         IrqSource::Driver(p) => (p, false),
         IrqSource::Uio(p) => (p, true),
     };
     let file = fs::OpenOptions::new()
         .read(true)
-        .write(uio)
         .open(path)
         .map_err(|e| TransportError::Io("cannot open the interrupt device", e))?;
+    let ack = if uio {
+        let config = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev.join("config"))
+            .map_err(|e| TransportError::Io("cannot open the device's PCI config space", e))?;
+        let ack = Ack::Uio {
+            regs: Arc::clone(regs),
+            config,
+        };
+        // A process before us may have left INTx masked after its last
+        // interrupt: start unmasked, with no stale status.
+        ack.acknowledge()
+            .map_err(|e| TransportError::Io("cannot unmask INTx", e))?;
+        ack
+    } else {
+        Ack::None
+    };
     let read_len = if uio { 4 } else { 8 };
     std::thread::Builder::new()
         .name("shoal-irq".into())
@@ -201,10 +278,9 @@ fn spawn_dispatcher(source: &IrqSource, epoch: Arc<Epoch>) -> Result<(), Transpo
                 }
                 epoch.0.fetch_add(1, Ordering::AcqRel);
                 futex::wake(&epoch.0, u32::MAX);
-                if uio {
-                    let one = 1u32.to_ne_bytes();
-                    // SAFETY: writes 4 bytes from a valid buffer (re-enables INTx).
-                    unsafe { libc::write(fd, one.as_ptr() as *const libc::c_void, 4) };
+                if let Err(e) = ack.acknowledge() {
+                    log::error!("shoal: cannot unmask INTx ({e}); waiters fall back to timeouts");
+                    return;
                 }
             }
         })
@@ -226,7 +302,7 @@ fn say_polling(why: &str) {
 #[derive(Debug)]
 pub struct Pci {
     region: FileMap,
-    regs: FileMap,
+    regs: Arc<FileMap>,
     id: u16,
     kind: SleepKind,
     epoch: Arc<Epoch>,
@@ -267,7 +343,7 @@ impl Pci {
         if fs::read_to_string(dev.join("enable")).is_ok_and(|s| s.trim() == "0") {
             let _ = fs::write(dev.join("enable"), "1");
         }
-        let regs = FileMap::open(&dev.join("resource0"), REGS_LEN)?;
+        let regs = Arc::new(FileMap::open(&dev.join("resource0"), REGS_LEN)?);
         let region = FileMap::open(&dev.join("resource2"), 8192)?;
         if region.len % 8 != 0 {
             return Err(TransportError::Size(region.len as u64));
@@ -276,7 +352,7 @@ impl Pci {
         let id = u16::try_from(position).map_err(|_| TransportError::NoDevice)?;
         let epoch = Arc::new(Epoch(AtomicU32::new(0)));
         let kind = match irq.or_else(|| irq_source(&dev)) {
-            Some(source) => match spawn_dispatcher(&source, Arc::clone(&epoch)) {
+            Some(source) => match spawn_dispatcher(&source, &dev, &regs, Arc::clone(&epoch)) {
                 Ok(()) => {
                     regs.write32(REG_INTR_MASK, u32::MAX);
                     SleepKind::Doorbell
@@ -440,6 +516,75 @@ mod tests {
             "woken by the timeout, not the interrupt"
         );
         assert_ne!(pci.sleep_token(), token);
+        let _ = fs::remove_dir_all(root);
+    }
+
+    fn command(dev: &Path) -> u16 {
+        let config = fs::read(dev.join("config")).unwrap();
+        u16::from_le_bytes([config[4], config[5]])
+    }
+
+    fn set_command(dev: &Path, value: u16) {
+        let mut config = fs::read(dev.join("config")).unwrap();
+        config[4..6].copy_from_slice(&value.to_le_bytes());
+        fs::write(dev.join("config"), config).unwrap();
+    }
+
+    #[test]
+    fn uio_interrupts_wake_sleepers_and_unmask_intx_each_time() {
+        let root = fake_sysfs("uio", 2);
+        let dev = root.join("bus/pci/devices/0000:00:04.0");
+        let mut config = vec![0u8; 256];
+        // Memory + bus master on, INTx masked (left so by uio_pci_generic).
+        config[4..6].copy_from_slice(&0x0406u16.to_le_bytes());
+        fs::write(dev.join("config"), config).unwrap();
+        let fifo = root.join("uio-fifo");
+        let cpath = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || fs::OpenOptions::new().write(true).open(fifo).unwrap()
+        });
+        let pci = Pci::open_with(&root, None, Some(IrqSource::Uio(fifo))).unwrap();
+        let mut writer = writer.join().unwrap();
+        assert_eq!(pci.sleep_kind(), SleepKind::Doorbell);
+        assert_eq!(command(&dev), 0x0006, "INTx unmasked at start");
+        let pci = Arc::new(pci);
+        for round in 0..3 {
+            // The kernel's handler masks INTx and counts the interrupt.
+            set_command(&dev, 0x0406);
+            let token = pci.sleep_token();
+            let sleeper = {
+                let pci = Arc::clone(&pci);
+                std::thread::spawn(move || pci.sleep(token, Some(Duration::from_secs(10))))
+            };
+            std::io::Write::write_all(&mut writer, &(round + 1u32).to_ne_bytes()).unwrap();
+            sleeper.join().unwrap().unwrap();
+            assert_ne!(
+                pci.sleep_token(),
+                token,
+                "round {round}: woken by the timeout"
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while command(&dev) != 0x0006 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: INTx still masked"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn uio_without_a_config_file_falls_back_to_polling() {
+        let root = fake_sysfs("uio-noconfig", 2);
+        let fifo = root.join("uio-fifo");
+        fs::write(&fifo, b"").unwrap();
+        let pci = Pci::open_with(&root, None, Some(IrqSource::Uio(fifo))).unwrap();
+        assert_eq!(pci.sleep_kind(), SleepKind::Poll);
         let _ = fs::remove_dir_all(root);
     }
 
