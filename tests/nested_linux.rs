@@ -259,3 +259,31 @@ fn nested_linux_sdk_with_uio_pci_generic_intx() {
     run.expect_sdk("uio", "uio_pci_generic");
     run.expect_done();
 }
+
+/// What `scripts/demo` runs with hardware virtualization: the guest image's
+/// own kernel and initramfs in `shoal run`, its `/init` loading our driver
+/// and running the OpenMP Jacobi in a team with a host peer.
+#[test]
+fn nested_linux_demo_guest_image_runs_the_openmp_team_in_shoal() {
+    let mut run = Nested::start(&["image"]);
+    run.expect_kvm();
+    run.expect("NESTED-L2: image: SHOAL-INIT: uptime", STEP_TIMEOUT);
+    run.expect(
+        "NESTED-L2: image: SHOAL-RUN: /jacobi 2 128 30",
+        STEP_TIMEOUT,
+    );
+    let irq = run.expect("NESTED-L2: image: SHOAL-IRQ: ", STEP_TIMEOUT);
+    assert!(
+        irq.contains("PCI-MSI") && irq.ends_with("shoal_ivshmem"),
+        "doorbells did not come through the driver's MSI-X: {irq:?}"
+    );
+    run.expect("NESTED-L2: image: SHOAL-EXIT: 0", STEP_TIMEOUT);
+    run.expect_shoal_exit_ok("image");
+    run.expect("NESTED-L1: image: peer: jacobi exit 0", STEP_TIMEOUT);
+    let matched = run.run.lines().iter().any(|l| {
+        (l.starts_with("NESTED-L2: image: ") || l.starts_with("NESTED-L1: image: peer: "))
+            && l.ends_with("jacobi: result matches the single-process reference")
+    });
+    assert!(matched, "no verified Jacobi result\n{}", run.run.output());
+    run.expect_done();
+}
