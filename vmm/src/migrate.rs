@@ -12,11 +12,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hypervisor::kvm::KvmHypervisor;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::boot::{build, BuiltVm, Platform, RamSource, Start};
 use crate::config::VmConfig;
 use crate::memory::create_memfd;
-use crate::migration::{Hello, HookError, MigrationSource, MigrationTarget};
+use crate::migration::{Hello, HookError, MigrationSource, MigrationTarget, RamView};
 use crate::snapshot::VmSnapshot;
 use crate::vm::RunningVm;
 use crate::VmEvent;
@@ -76,9 +77,18 @@ impl MigrationSource for VmSource {
         serde_json::to_value(&self.vm.config).unwrap_or(serde_json::Value::Null)
     }
 
-    fn read_ram(&self, offset: u64, buf: &mut [u8]) -> Result<(), HookError> {
-        self.vm.ram.file().read_exact_at(buf, offset)?;
-        Ok(())
+    fn ram(&self) -> RamView<'_> {
+        let mut regions = Vec::new();
+        let mut next = 0u64;
+        for region in self.vm.ram.memory().iter() {
+            // GuestRam lays the regions out one after the other in its file.
+            let offset = region.file_offset().map_or(next, |f| f.start());
+            next = offset + region.len();
+            if let Ok(mem) = region.as_volatile_slice() {
+                regions.push((offset, mem));
+            }
+        }
+        RamView::new(regions)
     }
 
     fn start_dirty_log(&self) -> Result<(), HookError> {

@@ -10,12 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::frame::PAGE_SIZE;
-use super::{Hello, HookError, MigrationSource, MigrationTarget};
+use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+
+use super::{Hello, HookError, MigrationSource, MigrationTarget, RamView};
 
 /// A fake source VM.
 #[derive(Debug)]
 pub struct FakeVm {
     ram: File,
+    /// `ram`, mapped (what the sender reads).
+    map: MmapRegion,
     size: u64,
     dirty: Vec<AtomicU64>,
     logging: AtomicBool,
@@ -36,8 +40,12 @@ impl FakeVm {
         let ram = crate::memory::create_memfd("fake-vm", size)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let pages = size / PAGE_SIZE as u64;
+        let len = usize::try_from(size).map_err(std::io::Error::other)?;
+        let map = MmapRegion::from_file(FileOffset::new(ram.try_clone()?, 0), len)
+            .map_err(std::io::Error::other)?;
         Ok(Arc::new(FakeVm {
             ram,
+            map,
             size,
             dirty: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             logging: AtomicBool::new(false),
@@ -200,8 +208,8 @@ impl MigrationSource for FakeVm {
         serde_json::json!({"memory": self.size, "cpus": 1})
     }
 
-    fn read_ram(&self, offset: u64, buf: &mut [u8]) -> Result<(), HookError> {
-        Ok(self.ram.read_exact_at(buf, offset)?)
+    fn ram(&self) -> RamView<'_> {
+        RamView::new(vec![(0, self.map.as_volatile_slice())])
     }
 
     fn start_dirty_log(&self) -> Result<(), HookError> {

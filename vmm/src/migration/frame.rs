@@ -255,6 +255,20 @@ pub fn decode(kind: Kind, payload: &[u8]) -> Result<Message<'_>, FrameError> {
     }
 }
 
+/// `Write::write_all` for several buffers (std's is not stable yet).
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Writes frames, buffered.
 #[derive(Debug)]
 pub struct FrameWriter<W: Write> {
@@ -312,9 +326,18 @@ impl<W: Write> FrameWriter<W> {
         parts.iter().for_each(|p| crc.update(p));
         let h = header(kind, len as u32, self.seq, crc.finish(), STREAM_VERSION);
         self.seq = self.seq.wrapping_add(1);
-        self.inner.write_all(&h)?;
-        for p in parts {
-            self.inner.write_all(p)?;
+        // One writev for the header and all parts: a large payload (pages)
+        // goes from its buffer to the socket without another copy.
+        let mut slices = [io::IoSlice::new(&[]); 4];
+        slices[0] = io::IoSlice::new(&h);
+        for (slot, p) in slices[1..].iter_mut().zip(parts) {
+            *slot = io::IoSlice::new(p);
+        }
+        if parts.len() > slices.len() - 1 {
+            self.inner.write_all(&h)?;
+            parts.iter().try_for_each(|p| self.inner.write_all(p))?;
+        } else {
+            write_all_vectored(&mut self.inner, &mut slices[..1 + parts.len()])?;
         }
         self.bytes += (HEADER_LEN + len) as u64;
         Ok(())

@@ -16,6 +16,7 @@
 pub mod fake;
 pub mod frame;
 pub mod progress;
+pub mod ram;
 mod receiver;
 mod sender;
 pub mod url;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use frame::{FrameError, Hello};
 pub use progress::{MigrationProgress, MigrationReport, MigrationState, MigrationStatus};
+pub use ram::RamView;
 pub use receiver::{fuzz_stream, receive, ReceiveReport};
 pub use sender::{send, spawn_send};
 pub use url::{Listener, MigrationUrl, Stream, UrlError};
@@ -94,8 +96,9 @@ pub trait MigrationSource {
     fn ram_fd(&self) -> BorrowedFd<'_>;
     /// The VM configuration, sent to the destination first.
     fn config(&self) -> serde_json::Value;
-    /// Copies guest RAM at `offset` into `buf`.
-    fn read_ram(&self, offset: u64, buf: &mut [u8]) -> Result<(), HookError>;
+    /// Guest RAM as mapped in this process, by RAM file offset (the
+    /// sender copies pages from it while the guest runs).
+    fn ram(&self) -> RamView<'_>;
     /// Starts dirty page logging (and clears the log).
     fn start_dirty_log(&self) -> Result<(), HookError>;
     /// Stops dirty page logging.

@@ -9,9 +9,10 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::frame::{FrameReader, FrameWriter, Hello, Kind, Message, MAX_CHUNK_PAGES, PAGE_SIZE};
 use super::progress::{MigrationProgress, MigrationReport, MigrationState};
+use super::ram::gather_pages;
 use super::url::{MigrationUrl, Stream};
 use super::{MigrationError, MigrationSource, SendOptions};
-use crate::snapshot::memory::{data_ranges, is_zero};
+use crate::snapshot::memory::data_ranges;
 
 /// First throttle step of auto-converge, then the increment and the cap.
 const THROTTLE_INITIAL: u8 = 20;
@@ -193,35 +194,18 @@ impl Sender<'_> {
         let before = self.writer.bytes;
         let started = Instant::now();
         let mut zero_map = [0u8; (MAX_CHUNK_PAGES / 8) as usize];
+        let ram = self.source.ram();
         for (first, n) in DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES) {
             self.check()?;
-            let len = n as usize * PAGE_SIZE;
-            let buf = &mut self.buf[..len];
-            self.source
-                .read_ram(first * PAGE_SIZE as u64, buf)
-                .map_err(|e| MigrationError::Vm("read its RAM", e))?;
-            zero_map.fill(0);
-            let mut kept = 0usize;
-            for i in 0..n as usize {
-                let at = i * PAGE_SIZE;
-                if is_zero(&buf[at..at + PAGE_SIZE]) {
-                    zero_map[i / 8] |= 1 << (i % 8);
-                    self.report.pages_zero += 1;
-                } else {
-                    if kept != i {
-                        buf.copy_within(at..at + PAGE_SIZE, kept * PAGE_SIZE);
-                    }
-                    kept += 1;
-                    self.report.pages_data += 1;
-                }
-            }
             let map_len = (n as usize).div_ceil(8);
-            let res = self.writer.send_pages(
-                first,
-                n,
-                &zero_map[..map_len],
-                &self.buf[..kept * PAGE_SIZE],
-            );
+            let kept = gather_pages(&ram, first, n as usize, &mut self.buf, &mut zero_map)
+                .map_err(|e| MigrationError::Vm("read its RAM", e.into()))?;
+            let data_pages = (kept / PAGE_SIZE) as u64;
+            self.report.pages_data += data_pages;
+            self.report.pages_zero += u64::from(n) - data_pages;
+            let res = self
+                .writer
+                .send_pages(first, n, &zero_map[..map_len], &self.buf[..kept]);
             res.map_err(|e| self.send_error(e))?;
             self.progress.set_bytes_sent(self.writer.bytes);
             let took = started.elapsed();
