@@ -215,6 +215,38 @@ fn a_dirtying_guest_converges_and_loses_nothing() {
 }
 
 #[test]
+fn a_guest_outpacing_a_limited_link_converges_through_auto_converge() {
+    let dir = scratch("limited");
+    let url = format!("unix:{}", dir.join("mig.sock").display());
+    let mut dest = GuestProcess::shoal(&["run", "--incoming", &url]).unwrap();
+    wait_for_socket(&dir.join("mig.sock"));
+    // 1024 pages rewritten over and over: far more than 4 MiB/s.
+    let (mut src, socket) = source_vm(&dir, "scenario=dirty pages=1024 every=16");
+    src.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    let (ok, out, err) = api(
+        &socket,
+        &[
+            "send-migration",
+            &url,
+            "--max-bandwidth",
+            "4M",
+            "--downtime-ms",
+            "100",
+        ],
+    );
+    assert!(ok, "{out}\n{err}\n{}", src.output());
+    assert!(
+        out.contains("auto-converge   throttled up to"),
+        "converged without auto-converge:\n{out}"
+    );
+    src.wait_for_exit(TIMEOUT).unwrap();
+    // Every page the destination rewrites still holds the previous pass.
+    dest.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    dest.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}
+
+#[test]
 fn source_keeps_running_when_the_destination_dies() {
     let dir = scratch("dest-dies");
     let url = format!("unix:{}", dir.join("mig.sock").display());

@@ -131,7 +131,6 @@ impl FakeVm {
         let thread = std::thread::spawn(move || {
             let mut page = vec![0u8; PAGE_SIZE];
             let mut n = 0u64;
-            let start = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
                 let batch_start = Instant::now();
                 {
@@ -150,15 +149,18 @@ impl FakeVm {
                     }
                 }
                 written2.store(n, Ordering::Relaxed);
-                let t = u64::from(vm.throttle_percent().min(99));
-                if t > 0 {
-                    let busy = batch_start.elapsed();
-                    std::thread::sleep(busy * (t as u32) / (100 - t as u32));
-                }
-                if let Some(rate) = pages_per_sec {
-                    let due = Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
-                    if let Some(wait) = due.checked_sub(start.elapsed()) {
-                        std::thread::sleep(wait);
+                // The throttle keeps the guest from running t% of the time.
+                let t = vm.throttle_percent().min(99) as u32;
+                match pages_per_sec {
+                    None => {
+                        if t > 0 {
+                            std::thread::sleep(batch_start.elapsed() * t / (100 - t));
+                        }
+                    }
+                    Some(rate) => {
+                        // 16 pages per batch at `rate`, slowed by the throttle.
+                        let batch = Duration::from_secs_f64(16.0 / rate.max(1) as f64);
+                        std::thread::sleep(batch * 100 / (100 - t));
                     }
                 }
             }

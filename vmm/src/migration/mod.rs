@@ -161,6 +161,10 @@ pub struct SendOptions {
     /// Give up (and resume the source) after this long.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// Most bytes per second to send (0: as fast as the link goes). Holds
+    /// for the pages of every phase, like a link that slow would.
+    #[serde(default)]
+    pub max_bandwidth: u64,
 }
 
 impl SendOptions {
@@ -171,6 +175,7 @@ impl SendOptions {
             local: false,
             downtime_ms: default_downtime_ms(),
             timeout_s: default_timeout_s(),
+            max_bandwidth: 0,
         }
     }
 }

@@ -89,6 +89,44 @@ fn next_throttle(current: u8, iteration: u32, dirty_rate: u64, link_rate: u64) -
     })
 }
 
+/// Keeps the sending rate at or under a limit: after each write, waits
+/// until the bytes written so far are due at that rate.
+#[derive(Debug)]
+struct Pacer {
+    bytes_per_sec: u64,
+    since: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Self {
+        Pacer {
+            bytes_per_sec,
+            since: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// How long to wait after `n` more bytes, at `now` (zero when
+    /// unlimited or not ahead of the rate).
+    fn after(&mut self, n: u64, now: Instant) -> Duration {
+        if self.bytes_per_sec == 0 {
+            return Duration::ZERO;
+        }
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec as f64);
+        let elapsed = now.saturating_duration_since(self.since);
+        let ahead = due.saturating_sub(elapsed);
+        if ahead.is_zero() && elapsed > Duration::from_secs(1) {
+            // Behind (or idle) for a while: start a new window rather than
+            // letting a burst catch up on time that was not used.
+            self.since = now;
+            self.bytes = 0;
+        }
+        ahead
+    }
+}
+
 fn count_pages(bitmap: &[u64]) -> u64 {
     bitmap.iter().map(|w| u64::from(w.count_ones())).sum()
 }
@@ -107,6 +145,7 @@ struct Sender<'a> {
     paused: bool,
     dirty_log: bool,
     throttle: u8,
+    pacer: Pacer,
 }
 
 impl Sender<'_> {
@@ -197,6 +236,7 @@ impl Sender<'_> {
         let ram = self.source.ram();
         for (first, n) in DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES) {
             self.check()?;
+            let frame_start = self.writer.bytes;
             let map_len = (n as usize).div_ceil(8);
             let kept = gather_pages(&ram, first, n as usize, &mut self.buf, &mut zero_map)
                 .map_err(|e| MigrationError::Vm("read its RAM", e.into()))?;
@@ -208,6 +248,13 @@ impl Sender<'_> {
                 .send_pages(first, n, &zero_map[..map_len], &self.buf[..kept]);
             res.map_err(|e| self.send_error(e))?;
             self.progress.set_bytes_sent(self.writer.bytes);
+            let wait = self
+                .pacer
+                .after(self.writer.bytes - frame_start, Instant::now());
+            if !wait.is_zero() {
+                self.writer.flush().map_err(|e| self.send_error(e))?;
+                std::thread::sleep(wait.min(self.remaining()));
+            }
             let took = started.elapsed();
             if took >= Duration::from_millis(50) {
                 let sent = self.writer.bytes - before;
@@ -419,6 +466,7 @@ fn send_inner(
         paused: false,
         dirty_log: false,
         throttle: 0,
+        pacer: Pacer::new(opts.max_bandwidth),
     };
     match s.run() {
         Ok(()) => {
@@ -502,6 +550,21 @@ mod tests {
         assert_eq!(next_throttle(0, 1, 500, 1000), None);
         assert_eq!(next_throttle(0, 0, 5000, 1000), None);
         assert_eq!(next_throttle(40, 3, 400, 1000), None);
+    }
+
+    #[test]
+    fn pacer_waits_until_the_bytes_are_due() {
+        let mut p = Pacer::new(1 << 20);
+        let t0 = p.since;
+        // 512 KiB at 1 MiB/s are due half a second after the start.
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(p.after(512 << 10, t0 + ms(100)), ms(400));
+        // On time: no wait.
+        assert_eq!(p.after(0, t0 + ms(600)), Duration::ZERO);
+        // Idle for seconds: the next burst is paced afresh, not let through.
+        assert_eq!(p.after(0, t0 + ms(5000)), Duration::ZERO);
+        assert_eq!(p.after(256 << 10, t0 + ms(5000)), ms(250));
+        assert_eq!(Pacer::new(0).after(1 << 30, t0), Duration::ZERO);
     }
 
     #[test]
