@@ -127,6 +127,24 @@ impl Pacer {
     }
 }
 
+/// Iterations after which a dirty set that fits the target is sent even if
+/// it still shrinks.
+const MAX_SHRINKING_ITERATIONS: u32 = 30;
+
+/// Whether to pause the guest and copy the rest now. Only when the rest
+/// fits the downtime target; but while the dirty set still shrinks to under
+/// half per iteration, one more pre-copy pass (guest running) costs less
+/// than sending it paused, so go on until it stops shrinking or is down to
+/// a tenth of the target (1 ms at least).
+fn stop_now(expected_ms: u64, target_ms: u64, prev_dirty: u64, dirty: u64, iteration: u32) -> bool {
+    if expected_ms > target_ms {
+        return false;
+    }
+    let small = expected_ms <= (target_ms / 10).max(1);
+    let shrinking = dirty < prev_dirty / 2;
+    small || !shrinking || iteration >= MAX_SHRINKING_ITERATIONS
+}
+
 fn count_pages(bitmap: &[u64]) -> u64 {
     bitmap.iter().map(|w| u64::from(w.count_ones())).sum()
 }
@@ -326,6 +344,7 @@ impl Sender<'_> {
         let mut bitmap = self.first_pass_pages(words);
         let mut rate = 0u64;
         let mut iteration = 0u32;
+        let mut prev_dirty = u64::MAX;
         loop {
             self.progress.set_iteration(iteration);
             let t0 = Instant::now();
@@ -350,9 +369,16 @@ impl Sender<'_> {
             let expected_ms = dirty_bytes.saturating_mul(1000).div_ceil(link);
             self.progress.set_rates(rate, dirty_rate);
             self.progress.set_remaining(dirty_bytes, expected_ms);
-            if expected_ms <= self.opts.downtime_ms {
+            if stop_now(
+                expected_ms,
+                self.opts.downtime_ms,
+                prev_dirty,
+                dirty_bytes,
+                iteration,
+            ) {
                 break;
             }
+            prev_dirty = dirty_bytes;
             self.check()?;
             if let Some(t) = next_throttle(self.throttle, iteration, dirty_rate, link) {
                 self.throttle = t;
@@ -550,6 +576,26 @@ mod tests {
         assert_eq!(next_throttle(0, 1, 500, 1000), None);
         assert_eq!(next_throttle(0, 0, 5000, 1000), None);
         assert_eq!(next_throttle(40, 3, 400, 1000), None);
+    }
+
+    #[test]
+    fn stop_and_copy_waits_while_the_dirty_set_halves() {
+        let mib = 1 << 20;
+        // Over the target: never.
+        assert!(!stop_now(120, 100, u64::MAX, 100 * mib, 0));
+        // Fits, but the first pass left 77 MiB (90 ms): one more pass.
+        assert!(!stop_now(90, 100, u64::MAX, 77 * mib, 0));
+        // 77 MiB -> 12 MiB (15 ms): still halving, over a tenth of 100 ms.
+        assert!(!stop_now(15, 100, 77 * mib, 12 * mib, 1));
+        // 12 MiB -> 1 MiB (2 ms): small enough.
+        assert!(stop_now(2, 100, 12 * mib, mib, 2));
+        // Not shrinking any more (a guest rewriting the same pages).
+        assert!(stop_now(40, 100, 16 * mib, 16 * mib, 3));
+        // A zero target stops only with nothing left.
+        assert!(stop_now(0, 0, mib, 0, 1));
+        assert!(!stop_now(1, 0, mib, 4096, 1));
+        // The cap.
+        assert!(stop_now(50, 100, 100 * mib, mib, MAX_SHRINKING_ITERATIONS));
     }
 
     #[test]
