@@ -223,7 +223,7 @@ impl<'a> IncomingVm<'a> {
         }
     }
 
-    fn ram_file(&self) -> Result<&File, HookError> {
+    fn ram(&self) -> Result<&File, HookError> {
         match &self.state {
             Incoming::Ram { platform, .. } => Ok(platform.ram().file()),
             _ => Err("guest RAM arrived before the VM configuration".into()),
@@ -256,14 +256,18 @@ impl MigrationTarget for IncomingVm<'_> {
     }
 
     fn write_ram(&mut self, offset: u64, data: &[u8]) -> Result<(), HookError> {
-        self.ram_file()?.write_all_at(data, offset)?;
+        self.ram()?.write_all_at(data, offset)?;
         Ok(())
     }
 
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError> {
         // A hole in the memfd reads as zeros and frees the page.
-        crate::snapshot::memory::punch_hole(self.ram_file()?, offset, len)?;
+        crate::snapshot::memory::punch_hole(self.ram()?, offset, len)?;
         Ok(())
+    }
+
+    fn ram_file(&self) -> Option<File> {
+        self.ram().ok().and_then(|f| f.try_clone().ok())
     }
 
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError> {

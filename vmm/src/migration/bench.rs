@@ -24,12 +24,25 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time of the whole process (every thread).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call writes into.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// A migration's report with the CPU time of the sending and the
-/// receiving thread.
+/// receiving thread, and of the whole process (the receiver's RAM writer
+/// and any fake guest included).
 struct Run {
     report: MigrationReport,
     send_cpu: Duration,
     receive_cpu: Duration,
+    all_cpu: Duration,
 }
 
 fn migrate(vm: &FakeVm, listen: &str, opts: impl Fn(&str) -> SendOptions) -> Run {
@@ -47,15 +60,18 @@ fn migrate(vm: &FakeVm, listen: &str, opts: impl Fn(&str) -> SendOptions) -> Run
         (r, target, thread_cpu() - cpu)
     });
     let cpu = thread_cpu();
+    let all = process_cpu();
     let report = send(vm, &opts(&url), &MigrationProgress::default()).unwrap();
     let send_cpu = thread_cpu() - cpu;
     let (res, target, receive_cpu) = rx.join().unwrap();
+    let all_cpu = process_cpu() - all;
     res.unwrap();
     assert!(target.started);
     Run {
         report,
         send_cpu,
         receive_cpu,
+        all_cpu,
     }
 }
 
@@ -63,7 +79,7 @@ fn print(name: &str, run: &Run, ram: u64) {
     let r = &run.report;
     let secs = r.total_ms.max(1) as f64 / 1000.0;
     println!(
-        "{name:<28} total {:>6} ms  downtime {:>8.3} ms  sent {:>7.1} MiB  {:>6.2} GiB/s of RAM  iterations {}  throttle {}%  cpu: send {:>4} ms receive {:>4} ms",
+        "{name:<28} total {:>6} ms  downtime {:>8.3} ms  sent {:>7.1} MiB  {:>6.2} GiB/s of RAM  iterations {}  throttle {}%  cpu: send {:>4} ms receive {:>4} ms all {:>4} ms",
         r.total_ms,
         r.downtime_us as f64 / 1000.0,
         r.bytes_total as f64 / (1 << 20) as f64,
@@ -72,6 +88,7 @@ fn print(name: &str, run: &Run, ram: u64) {
         r.throttle_max,
         run.send_cpu.as_millis(),
         run.receive_cpu.as_millis(),
+        run.all_cpu.as_millis(),
     );
 }
 

@@ -309,6 +309,10 @@ impl MigrationTarget for FakeTarget {
         Ok(crate::snapshot::memory::punch_hole(ram, offset, len)?)
     }
 
+    fn ram_file(&self) -> Option<File> {
+        self.ram.as_ref().and_then(|f| f.try_clone().ok())
+    }
+
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError> {
         self.ram = Some(File::from(fd));
         self.ram_size = size;

@@ -133,6 +133,8 @@ pub struct Pages<'a> {
     pub count: u32,
     zero_bitmap: &'a [u8],
     data: &'a [u8],
+    /// Where `data` starts in the frame payload.
+    data_at: usize,
 }
 
 impl<'a> Pages<'a> {
@@ -141,10 +143,11 @@ impl<'a> Pages<'a> {
     }
 
     /// Runs of consecutive pages of one kind: `(first page, pages, data)`
-    /// with `None` for a run of zero pages.
-    pub fn runs(&self) -> Vec<(u64, u32, Option<&'a [u8]>)> {
+    /// with the data's byte range in the frame payload, `None` for a run
+    /// of zero pages.
+    pub fn runs(&self) -> Vec<(u64, u32, Option<std::ops::Range<usize>>)> {
         let mut runs = Vec::new();
-        let mut data_at = 0usize;
+        let mut data_at = self.data_at;
         let mut i = 0u32;
         while i < self.count {
             let zero = self.is_zero(i);
@@ -157,8 +160,9 @@ impl<'a> Pages<'a> {
             if zero {
                 runs.push((first, n, None));
             } else {
+                // decode() checked that the data holds every non-zero page.
                 let len = n as usize * PAGE_SIZE;
-                runs.push((first, n, self.data.get(data_at..data_at + len)));
+                runs.push((first, n, Some(data_at..data_at + len)));
                 data_at += len;
             }
         }
@@ -250,6 +254,7 @@ pub fn decode(kind: Kind, payload: &[u8]) -> Result<Message<'_>, FrameError> {
                 count,
                 zero_bitmap,
                 data,
+                data_at: PAGES_META + map_len,
             }))
         }
     }
@@ -425,6 +430,15 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads the next frame and checks magic, version, checksums and order.
     pub fn next_frame(&mut self) -> Result<(Kind, &[u8]), FrameError> {
+        let mut payload = std::mem::take(&mut self.payload);
+        let read = self.next_frame_into(&mut payload);
+        self.payload = payload;
+        Ok((read?, &self.payload))
+    }
+
+    /// [`FrameReader::next_frame`] with the payload read into `payload`
+    /// (resized to fit), so the caller can hand the buffer on.
+    pub fn next_frame_into(&mut self, payload: &mut Vec<u8>) -> Result<Kind, FrameError> {
         let mut h = [0u8; HEADER_LEN];
         self.read_exact(&mut h)?;
         if h[0..4] != MAGIC {
@@ -453,16 +467,13 @@ impl<R: Read> FrameReader<R> {
             });
         }
         self.seq = self.seq.wrapping_add(1);
-        let mut payload = std::mem::take(&mut self.payload);
         payload.resize(len as usize, 0);
-        let read = self.read_exact(&mut payload);
-        self.payload = payload;
-        read?;
-        if crc32c(&self.payload) != u32_at(&h, 16) {
+        self.read_exact(payload)?;
+        if crc32c(payload) != u32_at(&h, 16) {
             return Err(FrameError::PayloadChecksum(kind));
         }
         self.bytes += (HEADER_LEN as u64) + u64::from(len);
-        Ok((kind, &self.payload))
+        Ok(kind)
     }
 
     /// Reads and decodes the next frame.

@@ -17,6 +17,7 @@ pub mod fake;
 pub mod frame;
 pub mod progress;
 pub mod ram;
+mod ram_writer;
 mod receiver;
 mod sender;
 pub mod url;
@@ -130,6 +131,11 @@ pub trait MigrationTarget {
     /// in an earlier iteration and is zero now). Make it cheap:
     /// `snapshot::memory::punch_hole` on the memfd rather than writing zeros.
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError>;
+    /// The file `write_ram` and `zero_ram` act on (RAM offset = file
+    /// offset), as a new descriptor, once `prepare` ran: the receiver then
+    /// writes pages into it from a thread of its own, overlapping with
+    /// reading the stream. `None`: every page goes through the hooks.
+    fn ram_file(&self) -> Option<std::fs::File>;
     /// Takes the source's RAM memfd (same-host migration).
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError>;
     /// Restores the VM state sent by [`MigrationSource::save_state`].
