@@ -11,28 +11,27 @@ use super::*;
 
 const GIB: u64 = 1 << 30;
 
-/// CPU time of the calling thread (it does not grow while the thread
-/// waits or another process runs, so it is steadier than wall time on a
-/// loaded machine).
-fn thread_cpu() -> Duration {
+/// CPU time on `clock` (a thread's or the process's CPU clock: it does
+/// not grow while the thread waits or another process runs, so it is
+/// steadier than wall time on a loaded machine).
+fn cpu_time(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec the call writes into.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// CPU time of the whole process (every thread).
 fn process_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec the call writes into.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 /// A migration's report with the CPU time of the sending and the

@@ -36,7 +36,8 @@ pub const PAGE_SIZE: usize = 4096;
 pub const MAX_CHUNK_PAGES: u32 = 256;
 /// Largest payload accepted (the VM state is the largest frame).
 pub const MAX_PAYLOAD: u32 = 64 << 20;
-const PAGES_META: usize = 16;
+/// Bytes of a `Pages` payload before the zero bitmap.
+pub const PAGES_META: usize = 16;
 
 /// Errors of the frame layer.
 #[derive(Debug, thiserror::Error)]
@@ -260,8 +261,19 @@ pub fn decode(kind: Kind, payload: &[u8]) -> Result<Message<'_>, FrameError> {
     }
 }
 
+/// The fixed start of a `Pages` payload.
+fn pages_meta(first_page: u64, count: u32) -> [u8; PAGES_META] {
+    let mut meta = [0u8; PAGES_META];
+    meta[0..8].copy_from_slice(&first_page.to_le_bytes());
+    meta[8..12].copy_from_slice(&count.to_le_bytes());
+    meta
+}
+
 /// `Write::write_all` for several buffers (std's is not stable yet).
-fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+pub(crate) fn write_all_vectored(
+    w: &mut impl Write,
+    mut bufs: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
     io::IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         match w.write_vectored(bufs) {
@@ -348,6 +360,35 @@ impl<W: Write> FrameWriter<W> {
         Ok(())
     }
 
+    /// Encodes the header and the page metadata of a `Pages` frame
+    /// without writing anything (the frame takes its sequence number and
+    /// counts as written): another thread writes header, metadata, bitmap
+    /// and data, in this order, before any later frame.
+    pub fn encode_pages(
+        &mut self,
+        first_page: u64,
+        count: u32,
+        zero_bitmap: &[u8],
+        data: &[u8],
+    ) -> ([u8; HEADER_LEN], [u8; PAGES_META]) {
+        let meta = pages_meta(first_page, count);
+        let len = PAGES_META + zero_bitmap.len() + data.len();
+        let mut crc = Crc32c::new();
+        [&meta[..], zero_bitmap, data]
+            .iter()
+            .for_each(|p| crc.update(p));
+        let h = header(
+            Kind::Pages,
+            len as u32,
+            self.seq,
+            crc.finish(),
+            STREAM_VERSION,
+        );
+        self.seq = self.seq.wrapping_add(1);
+        self.bytes += (HEADER_LEN + len) as u64;
+        (h, meta)
+    }
+
     /// Writes a `Pages` frame. `data` holds the non-zero pages in order.
     pub fn send_pages(
         &mut self,
@@ -356,9 +397,7 @@ impl<W: Write> FrameWriter<W> {
         zero_bitmap: &[u8],
         data: &[u8],
     ) -> io::Result<()> {
-        let mut meta = [0u8; PAGES_META];
-        meta[0..8].copy_from_slice(&first_page.to_le_bytes());
-        meta[8..12].copy_from_slice(&count.to_le_bytes());
+        let meta = pages_meta(first_page, count);
         self.send(Kind::Pages, &[&meta, zero_bitmap, data])
     }
 

@@ -15,6 +15,7 @@
 
 pub mod fake;
 pub mod frame;
+mod page_pipe;
 pub mod progress;
 pub mod ram;
 mod ram_writer;

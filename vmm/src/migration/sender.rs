@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::frame::{FrameReader, FrameWriter, Hello, Kind, Message, MAX_CHUNK_PAGES, PAGE_SIZE};
+use super::page_pipe::{PageFrame, PagePipe};
 use super::progress::{MigrationProgress, MigrationReport, MigrationState};
 use super::ram::gather_pages;
 use super::url::{MigrationUrl, Stream};
@@ -158,7 +159,6 @@ struct Sender<'a> {
     start: Instant,
     deadline: Instant,
     ram_pages: u64,
-    buf: Vec<u8>,
     report: MigrationReport,
     paused: bool,
     dirty_log: bool,
@@ -249,28 +249,73 @@ impl Sender<'_> {
     /// Sends the pages set in `bitmap`; returns the bytes written.
     fn send_pages(&mut self, bitmap: &[u64]) -> Result<u64, MigrationError> {
         let before = self.writer.bytes;
+        let mut runs = DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES).peekable();
+        if runs.peek().is_none() {
+            return Ok(0);
+        }
+        // Frames go out from a thread of their own while the next ones are
+        // gathered; nothing else is written until it is done.
+        self.writer.flush().map_err(|e| self.send_error(e))?;
+        let stream = self
+            .writer
+            .get_ref()
+            .try_clone()
+            .map_err(MigrationError::Send)?;
+        let pipe = PagePipe::start(stream).map_err(MigrationError::Thread)?;
+        let fed = self.feed(&pipe, runs, before);
+        let written = pipe.finish();
+        match (fed, written) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(self.send_error(e)),
+            (Ok(true), Ok(())) => Ok(self.writer.bytes - before),
+            (Ok(false), Ok(())) => Err(MigrationError::Send(std::io::Error::other(
+                "the page writer stopped",
+            ))),
+        }
+    }
+
+    /// Gathers the pages of `runs` into frames for `pipe`; `Ok(false)`:
+    /// the pipe stopped (its error comes from `finish`).
+    fn feed(
+        &mut self,
+        pipe: &PagePipe,
+        runs: impl Iterator<Item = (u64, u32)>,
+        before: u64,
+    ) -> Result<bool, MigrationError> {
         let started = Instant::now();
-        let mut zero_map = [0u8; (MAX_CHUNK_PAGES / 8) as usize];
         let ram = self.source.ram();
-        for (first, n) in DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES) {
+        for (first, n) in runs {
             self.check()?;
-            let frame_start = self.writer.bytes;
+            let Some(mut data) = pipe.buffer() else {
+                return Ok(false);
+            };
+            let mut zero_map = [0u8; (MAX_CHUNK_PAGES / 8) as usize];
             let map_len = (n as usize).div_ceil(8);
-            let kept = gather_pages(&ram, first, n as usize, &mut self.buf, &mut zero_map)
+            let kept = gather_pages(&ram, first, n as usize, &mut data, &mut zero_map)
                 .map_err(|e| MigrationError::Vm("read its RAM", e.into()))?;
             let data_pages = (kept / PAGE_SIZE) as u64;
             self.report.pages_data += data_pages;
             self.report.pages_zero += u64::from(n) - data_pages;
-            let res = self
-                .writer
-                .send_pages(first, n, &zero_map[..map_len], &self.buf[..kept]);
-            res.map_err(|e| self.send_error(e))?;
+            let frame_start = self.writer.bytes;
+            let (header, meta) =
+                self.writer
+                    .encode_pages(first, n, &zero_map[..map_len], &data[..kept]);
+            let frame = PageFrame {
+                header,
+                meta,
+                zero_map,
+                map_len,
+                data,
+                data_len: kept,
+            };
+            if pipe.submit(frame).is_err() {
+                return Ok(false);
+            }
             self.progress.set_bytes_sent(self.writer.bytes);
             let wait = self
                 .pacer
                 .after(self.writer.bytes - frame_start, Instant::now());
             if !wait.is_zero() {
-                self.writer.flush().map_err(|e| self.send_error(e))?;
                 std::thread::sleep(wait.min(self.remaining()));
             }
             let took = started.elapsed();
@@ -280,7 +325,7 @@ impl Sender<'_> {
                     .set_rate((sent as f64 / took.as_secs_f64()) as u64);
             }
         }
-        Ok(self.writer.bytes - before)
+        Ok(true)
     }
 
     /// The pages of the first pass: all of RAM but the holes of the memfd
@@ -487,7 +532,6 @@ fn send_inner(
         start,
         deadline: start + Duration::from_secs(opts.timeout_s),
         ram_pages,
-        buf: vec![0u8; MAX_CHUNK_PAGES as usize * PAGE_SIZE],
         report: MigrationReport::default(),
         paused: false,
         dirty_log: false,
