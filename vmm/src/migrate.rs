@@ -32,6 +32,18 @@ struct Throttle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How often a throttling pause looks whether the throttle ended.
+const THROTTLE_STEP: Duration = Duration::from_millis(5);
+/// The longest single throttling pause (the guest must still get on).
+const THROTTLE_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// How long to keep the vCPUs paused after they ran for `ran`, so that
+/// they run `100 - percent` % of the time.
+fn throttle_pause(ran: Duration, percent: u32) -> Duration {
+    let p = percent.min(99);
+    (ran * p / (100 - p)).min(THROTTLE_MAX_PAUSE)
+}
+
 /// A running VM as a migration source.
 #[derive(Debug)]
 pub(crate) struct VmSource {
@@ -137,16 +149,26 @@ impl MigrationSource for VmSource {
             .name("migration-throttle".into())
             .spawn(move || {
                 use std::sync::atomic::Ordering;
-                while !stop.load(Ordering::Acquire) {
+                let stopped = || stop.load(Ordering::Acquire);
+                while !stopped() {
                     let p = u32::from(level.load(Ordering::Acquire));
                     if p == 0 {
                         std::thread::sleep(THROTTLE_PERIOD);
                         continue;
                     }
-                    vm.pause();
-                    std::thread::sleep(THROTTLE_PERIOD * p / 100);
-                    vm.resume();
+                    // The guest runs from the resume until the pause has
+                    // stopped every vCPU; on a loaded host sleeps overshoot
+                    // and pausing takes a while, so the pause that follows
+                    // is sized on the time it really ran.
+                    let started = std::time::Instant::now();
                     std::thread::sleep(THROTTLE_PERIOD * (100 - p) / 100);
+                    vm.pause();
+                    let pause = throttle_pause(started.elapsed(), p);
+                    let until = std::time::Instant::now() + pause;
+                    while !stopped() && std::time::Instant::now() < until {
+                        std::thread::sleep(THROTTLE_STEP.min(pause));
+                    }
+                    vm.resume();
                 }
             });
         match spawned {
@@ -307,5 +329,21 @@ impl MigrationTarget for IncomingVm<'_> {
         let running = built.start(&self.events)?;
         self.state = Incoming::Running(Arc::new(running));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_pause_keeps_the_ratio_of_the_time_really_run() {
+        let ms = Duration::from_millis;
+        // 20% throttle after 16 ms of running: 4 ms paused.
+        assert_eq!(throttle_pause(ms(16), 20), ms(4));
+        // 99% after a slice that overshot to 5 ms: 495 ms paused.
+        assert_eq!(throttle_pause(ms(5), 99), ms(495));
+        // Capped, and 100% counts as 99%.
+        assert_eq!(throttle_pause(ms(100), 100), THROTTLE_MAX_PAUSE);
     }
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::frame::PAGE_SIZE;
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
+use super::frame::PAGE_SIZE;
 use super::{Hello, HookError, MigrationSource, MigrationTarget, RamView};
 
 /// A fake source VM.

@@ -35,12 +35,15 @@ pub(crate) struct PagePipe {
 
 impl PagePipe {
     /// Starts writing to `stream` (a clone of the sender's stream, whose
-    /// own buffered bytes were flushed first).
-    pub(crate) fn start(stream: Stream) -> std::io::Result<Self> {
+    /// own buffered bytes were flushed first), with the buffers of an
+    /// earlier pipe (more are made as needed): the stop-and-copy pass then
+    /// allocates nothing.
+    pub(crate) fn start(stream: Stream, mut buffers: Vec<Vec<u8>>) -> std::io::Result<Self> {
         let (frames, rx) = sync_channel::<PageFrame>(BUFFERS - 1);
         let (free_tx, free) = channel();
-        for _ in 0..BUFFERS {
-            let _ = free_tx.send(vec![0u8; MAX_CHUNK_PAGES as usize * PAGE_SIZE]);
+        buffers.resize_with(BUFFERS, || vec![0u8; MAX_CHUNK_PAGES as usize * PAGE_SIZE]);
+        for b in buffers {
+            let _ = free_tx.send(b);
         }
         let thread = std::thread::Builder::new()
             .name("migration-pages".into())
@@ -66,9 +69,10 @@ impl PagePipe {
         }
     }
 
-    /// Waits until every queued frame is written.
-    pub(crate) fn finish(mut self) -> std::io::Result<()> {
-        self.stop()
+    /// Waits until every queued frame is written; gives the buffers back.
+    pub(crate) fn finish(mut self) -> (std::io::Result<()>, Vec<Vec<u8>>) {
+        let written = self.stop();
+        (written, self.free.try_iter().collect())
     }
 
     fn stop(&mut self) -> std::io::Result<()> {

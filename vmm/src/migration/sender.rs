@@ -159,6 +159,8 @@ struct Sender<'a> {
     start: Instant,
     deadline: Instant,
     ram_pages: u64,
+    /// Frame buffers, kept from one pass to the next.
+    buffers: Vec<Vec<u8>>,
     report: MigrationReport,
     paused: bool,
     dirty_log: bool,
@@ -261,9 +263,11 @@ impl Sender<'_> {
             .get_ref()
             .try_clone()
             .map_err(MigrationError::Send)?;
-        let pipe = PagePipe::start(stream).map_err(MigrationError::Thread)?;
+        let buffers = std::mem::take(&mut self.buffers);
+        let pipe = PagePipe::start(stream, buffers).map_err(MigrationError::Thread)?;
         let fed = self.feed(&pipe, runs, before);
-        let written = pipe.finish();
+        let (written, buffers) = pipe.finish();
+        self.buffers = buffers;
         match (fed, written) {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(self.send_error(e)),
@@ -532,6 +536,7 @@ fn send_inner(
         start,
         deadline: start + Duration::from_secs(opts.timeout_s),
         ram_pages,
+        buffers: Vec::new(),
         report: MigrationReport::default(),
         paused: false,
         dirty_log: false,
