@@ -341,6 +341,33 @@ impl Exchange {
     }
 }
 
+/// The state-table state of peer `id` as `host` reads it.
+fn peer_state(host: &Peer, id: u16) -> Option<&'static str> {
+    host.region()
+        .unwrap()
+        .peer(id)
+        .and_then(|p| p.state)
+        .map(|s| s.name())
+}
+
+/// Sets the exchange's stop word and rings `peers`.
+fn stop_exchange(host: &Peer, base: usize, peers: &[u16]) {
+    host.mapping().write(base, &1u64.to_le_bytes()).unwrap();
+    for &p in peers {
+        host.ring(p, 0).unwrap();
+    }
+}
+
+/// Waits for `vm`'s end of the exchange: it never had to ring twice (no
+/// doorbell lost) and printed no error.
+fn assert_exchange_clean(vm: &mut GuestProcess) {
+    let done = vm
+        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
+        .unwrap();
+    assert!(done.ends_with("rerings 0"), "doorbells were lost: {done}");
+    assert!(vm.error_lines().is_empty(), "{}", vm.output());
+}
+
 /// A destination (`--incoming`) and a group member to migrate to it,
 /// with an API socket, in `group`'s directory.
 struct Move {
@@ -476,29 +503,12 @@ fn a_group_member_migrates_while_a_host_peer_and_another_vm_exchange_with_it() {
         vec![EventKind::Migrating, EventKind::Resumed],
         "membership events of the member"
     );
-    let state = host
-        .region()
-        .unwrap()
-        .peer(member)
-        .and_then(|p| p.state)
-        .map(|s| s.name());
-    assert_eq!(state, Some("alive"));
+    assert_eq!(peer_state(&host, member), Some("alive"));
     // Stop: every side checked every round; nobody had to ring twice.
-    host.mapping().write(base, &1u64.to_le_bytes()).unwrap();
-    host.ring(member, 0).unwrap();
-    host.ring(other, 0).unwrap();
-    let done = mv
-        .dest
-        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
-        .unwrap();
-    assert!(done.ends_with("rerings 0"), "doorbells were lost: {done}");
-    let done2 = vm2
-        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
-        .unwrap();
-    assert!(done2.ends_with("rerings 0"), "doorbells were lost: {done2}");
+    stop_exchange(&host, base, &[member, other]);
+    assert_exchange_clean(&mut mv.dest);
+    assert_exchange_clean(&mut vm2);
     assert!(ex.received >= ex.rounds, "the host lost doorbells");
-    assert!(mv.dest.error_lines().is_empty(), "{}", mv.dest.output());
-    assert!(vm2.error_lines().is_empty(), "{}", vm2.output());
 }
 
 #[test]
@@ -530,20 +540,8 @@ fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
         ex.round(&host, vm);
     }
     // The destination holds the same peer id, and nothing was lost.
-    let state = host
-        .region()
-        .unwrap()
-        .peer(vm)
-        .and_then(|p| p.state)
-        .map(|s| s.name());
-    assert_eq!(state, Some("alive"));
-    host.mapping().write(base, &1u64.to_le_bytes()).unwrap();
-    host.ring(vm, 0).unwrap();
-    let done = mv
-        .dest
-        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
-        .unwrap();
-    assert!(done.ends_with("rerings 0"), "doorbells were lost: {done}");
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    stop_exchange(&host, base, &[vm]);
+    assert_exchange_clean(&mut mv.dest);
     assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
-    assert!(mv.dest.error_lines().is_empty(), "{}", mv.dest.output());
 }
