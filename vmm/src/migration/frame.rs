@@ -323,26 +323,29 @@ impl<W: Write> FrameWriter<W> {
         self.encode_version(kind, parts, STREAM_VERSION)
     }
 
-    fn encode_version(&mut self, kind: Kind, parts: &[&[u8]], version: u16) -> Vec<u8> {
+    /// The header of the next frame, whose payload is the concatenation
+    /// of `parts`: the frame takes its sequence number and counts as
+    /// written.
+    fn next_header(&mut self, kind: Kind, parts: &[&[u8]], version: u16) -> [u8; HEADER_LEN] {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut crc = Crc32c::new();
         parts.iter().for_each(|p| crc.update(p));
         let h = header(kind, len as u32, self.seq, crc.finish(), version);
         self.seq = self.seq.wrapping_add(1);
-        let mut out = Vec::with_capacity(HEADER_LEN + len);
-        out.extend_from_slice(&h);
+        self.bytes += (HEADER_LEN + len) as u64;
+        h
+    }
+
+    fn encode_version(&mut self, kind: Kind, parts: &[&[u8]], version: u16) -> Vec<u8> {
+        let h = self.next_header(kind, parts, version);
+        let mut out = h.to_vec();
         parts.iter().for_each(|p| out.extend_from_slice(p));
-        self.bytes += out.len() as u64;
         out
     }
 
     /// Writes a frame whose payload is the concatenation of `parts`.
     pub fn send(&mut self, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut crc = Crc32c::new();
-        parts.iter().for_each(|p| crc.update(p));
-        let h = header(kind, len as u32, self.seq, crc.finish(), STREAM_VERSION);
-        self.seq = self.seq.wrapping_add(1);
+        let h = self.next_header(kind, parts, STREAM_VERSION);
         // One writev for the header and all parts: a large payload (pages)
         // goes from its buffer to the socket without another copy.
         let mut slices = [io::IoSlice::new(&[]); 4];
@@ -356,7 +359,6 @@ impl<W: Write> FrameWriter<W> {
         } else {
             write_all_vectored(&mut self.inner, &mut slices[..1 + parts.len()])?;
         }
-        self.bytes += (HEADER_LEN + len) as u64;
         Ok(())
     }
 
@@ -372,20 +374,7 @@ impl<W: Write> FrameWriter<W> {
         data: &[u8],
     ) -> ([u8; HEADER_LEN], [u8; PAGES_META]) {
         let meta = pages_meta(first_page, count);
-        let len = PAGES_META + zero_bitmap.len() + data.len();
-        let mut crc = Crc32c::new();
-        [&meta[..], zero_bitmap, data]
-            .iter()
-            .for_each(|p| crc.update(p));
-        let h = header(
-            Kind::Pages,
-            len as u32,
-            self.seq,
-            crc.finish(),
-            STREAM_VERSION,
-        );
-        self.seq = self.seq.wrapping_add(1);
-        self.bytes += (HEADER_LEN + len) as u64;
+        let h = self.next_header(Kind::Pages, &[&meta, zero_bitmap, data], STREAM_VERSION);
         (h, meta)
     }
 
