@@ -215,6 +215,38 @@ fn a_dirtying_guest_converges_and_loses_nothing() {
 }
 
 #[test]
+fn a_guest_outpacing_a_limited_link_converges_through_auto_converge() {
+    let dir = scratch("limited");
+    let url = format!("unix:{}", dir.join("mig.sock").display());
+    let mut dest = GuestProcess::shoal(&["run", "--incoming", &url]).unwrap();
+    wait_for_socket(&dir.join("mig.sock"));
+    // 1024 pages rewritten over and over: far more than 4 MiB/s.
+    let (mut src, socket) = source_vm(&dir, "scenario=dirty pages=1024 every=16");
+    src.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    let (ok, out, err) = api(
+        &socket,
+        &[
+            "send-migration",
+            &url,
+            "--max-bandwidth",
+            "4M",
+            "--downtime-ms",
+            "100",
+        ],
+    );
+    assert!(ok, "{out}\n{err}\n{}", src.output());
+    assert!(
+        out.contains("auto-converge   throttled up to"),
+        "converged without auto-converge:\n{out}"
+    );
+    src.wait_for_exit(TIMEOUT).unwrap();
+    // Every page the destination rewrites still holds the previous pass.
+    dest.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    dest.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}
+
+#[test]
 fn source_keeps_running_when_the_destination_dies() {
     let dir = scratch("dest-dies");
     let url = format!("unix:{}", dir.join("mig.sock").display());
@@ -368,4 +400,258 @@ fn live_migration_over_tcp_between_network_namespaces() {
     let after = dest.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
     assert_eq!(before.split(' ').next_back(), after.split(' ').next_back());
     assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}
+
+/// Frame kinds of the migration stream (docs/migration.md).
+const HELLO: u8 = 1;
+const PAGES: u8 = 3;
+const STATE: u8 = 5;
+const COMMIT: u8 = 6;
+
+/// What the proxy does to the stream at its trigger frame.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL the destination; the frame is not forwarded.
+    KillDestination,
+    /// Shut both connections down; the frame is not forwarded.
+    Cut,
+    /// Flip a payload byte, then forward.
+    Corrupt,
+    /// Rewrite the header's stream version to 2 (header checksum
+    /// recomputed, so only the version is wrong), then forward.
+    Version,
+}
+
+/// CRC-32C, bitwise (the frame header checksum; 20 bytes, speed is moot).
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A man in the middle that knows the frame layout: forwards the source's
+/// stream to the destination frame by frame (24-byte header, then the
+/// payload of the length it gives) and applies `fault` at the `nth` frame
+/// of `kind`; the destination's answers go back untouched. Returns the
+/// address for the source and a thread yielding the kinds it forwarded.
+fn frame_proxy(
+    dir: &Path,
+    destination: PathBuf,
+    destination_pid: u32,
+    kind: u8,
+    nth: u32,
+    fault: Fault,
+) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let path = dir.join("proxy.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let t = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let Ok((mut from_source, _)) = listener.accept() else {
+            return seen;
+        };
+        let mut to_dest = UnixStream::connect(&destination).unwrap();
+        let mut back_from = to_dest.try_clone().unwrap();
+        let mut back_to = from_source.try_clone().unwrap();
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_from, &mut back_to);
+            let _ = back_to.shutdown(Shutdown::Both);
+        });
+        let mut count = 0;
+        loop {
+            let mut h = [0u8; 24];
+            if from_source.read_exact(&mut h).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+            let mut payload = vec![0u8; len];
+            if from_source.read_exact(&mut payload).is_err() {
+                break;
+            }
+            if h[6] == kind {
+                count += 1;
+                if count == nth {
+                    match fault {
+                        Fault::KillDestination => {
+                            // SAFETY: kill(2) on the pid of our own child.
+                            unsafe { libc::kill(destination_pid as i32, libc::SIGKILL) };
+                            break;
+                        }
+                        Fault::Cut => {
+                            // Both ways at once, like a pulled cable.
+                            let _ = to_dest.shutdown(Shutdown::Both);
+                            let _ = from_source.shutdown(Shutdown::Both);
+                            break;
+                        }
+                        Fault::Corrupt => payload[len / 2] ^= 0x20,
+                        Fault::Version => {
+                            h[4..6].copy_from_slice(&2u16.to_le_bytes());
+                            let crc = crc32c(&h[..20]);
+                            h[20..24].copy_from_slice(&crc.to_le_bytes());
+                        }
+                    }
+                }
+            }
+            seen.push(h[6]);
+            if to_dest.write_all(&h).is_err() || to_dest.write_all(&payload).is_err() {
+                break;
+            }
+        }
+        // The destination may still be answering (an abort with its
+        // reason): let that through before closing the source's side.
+        let _ = to_dest.shutdown(Shutdown::Write);
+        let _ = back.join();
+        let _ = from_source.shutdown(Shutdown::Both);
+        seen
+    });
+    (format!("unix:{}", path.display()), t)
+}
+
+/// A `dirty` source and a destination behind a [`frame_proxy`] applying
+/// `fault`; migrates and returns both VMs, the source's API socket and
+/// the result of `send-migration`.
+fn migrate_through_fault(
+    name: &str,
+    kind: u8,
+    nth: u32,
+    fault: Fault,
+) -> (GuestProcess, PathBuf, GuestProcess, (bool, String, String)) {
+    let dir = scratch(name);
+    let dest_sock = dir.join("mig.sock");
+    let dest = GuestProcess::shoal(&[
+        "run",
+        "--incoming",
+        &format!("unix:{}", dest_sock.display()),
+    ])
+    .unwrap();
+    wait_for_socket(&dest_sock);
+    let (proxy, seen) = frame_proxy(&dir, dest_sock, dest.pid(), kind, nth, fault);
+    // 4 MiB rewritten all the time: several page frames per pass, and the
+    // guest checks every page it rewrites.
+    let (mut src, socket) = source_vm(&dir, "scenario=dirty pages=1024 every=16");
+    src.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    let result = api(&socket, &["send-migration", &proxy]);
+    let seen = seen.join().unwrap();
+    assert!(
+        seen.contains(&HELLO),
+        "the proxy forwarded no hello: {seen:?}"
+    );
+    (src, socket, dest, result)
+}
+
+/// The migration failed, the error says `why`, and the source VM runs on
+/// with its memory intact.
+fn assert_failed_and_source_runs(
+    src: &mut GuestProcess,
+    socket: &Path,
+    (ok, out, err): &(bool, String, String),
+    why: &str,
+) {
+    assert!(!ok, "the migration succeeded:\n{out}\n{err}");
+    let said = format!("{out}{err}");
+    assert!(said.contains(why), "error does not say {why:?}:\n{said}");
+    assert!(said.contains("the VM runs on here"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    // The guest goes on at the source: more passes, every page checked.
+    src.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    src.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    let (ok, info, _) = api(socket, &["info"]);
+    assert!(ok && info.contains("running"), "{info}");
+    assert!(src.error_lines().is_empty(), "{}", src.output());
+}
+
+fn assert_killed(dest: &mut GuestProcess) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = dest.wait_for_exit(TIMEOUT).unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+}
+
+/// The destination exited by itself with an error that says `why`.
+fn assert_refused(dest: &mut GuestProcess, why: &str) {
+    let status = dest.wait_for_exit(TIMEOUT).unwrap();
+    assert!(!status.success(), "the destination succeeded");
+    let stderr = dest.stderr();
+    assert!(stderr.contains(why), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn destination_killed_during_pre_copy_leaves_the_source_running() {
+    let (mut src, socket, mut dest, result) =
+        migrate_through_fault("kill-precopy", PAGES, 3, Fault::KillDestination);
+    assert_killed(&mut dest);
+    assert_failed_and_source_runs(&mut src, &socket, &result, "migration failed");
+}
+
+#[test]
+fn destination_killed_during_stop_and_copy_leaves_the_source_running() {
+    // The state frame follows the last dirty pages: the source is paused.
+    let (mut src, socket, mut dest, result) =
+        migrate_through_fault("kill-stop", STATE, 1, Fault::KillDestination);
+    assert_killed(&mut dest);
+    assert_failed_and_source_runs(&mut src, &socket, &result, "migration failed");
+}
+
+#[test]
+fn destination_killed_just_before_commit_leaves_the_source_running() {
+    let (mut src, socket, mut dest, result) =
+        migrate_through_fault("kill-commit", COMMIT, 1, Fault::KillDestination);
+    assert_killed(&mut dest);
+    assert_failed_and_source_runs(&mut src, &socket, &result, "migration failed");
+}
+
+#[test]
+fn connection_cut_mid_stream_leaves_the_source_running() {
+    let (mut src, socket, mut dest, result) = migrate_through_fault("cut", PAGES, 3, Fault::Cut);
+    assert_refused(&mut dest, "connection closed");
+    assert_failed_and_source_runs(&mut src, &socket, &result, "migration failed");
+}
+
+#[test]
+fn corrupt_stream_is_refused_and_the_source_runs_on() {
+    let (mut src, socket, mut dest, result) =
+        migrate_through_fault("corrupt-pages", PAGES, 2, Fault::Corrupt);
+    assert_refused(&mut dest, "checksum mismatch");
+    // The destination's reason reaches the source.
+    assert_failed_and_source_runs(&mut src, &socket, &result, "checksum mismatch");
+}
+
+#[test]
+fn stream_of_another_version_is_refused_and_the_source_runs_on() {
+    let (mut src, socket, mut dest, result) =
+        migrate_through_fault("version", HELLO, 1, Fault::Version);
+    assert_refused(&mut dest, "stream version 2 is not supported");
+    assert_failed_and_source_runs(
+        &mut src,
+        &socket,
+        &result,
+        "stream version 2 is not supported",
+    );
+}
+
+#[test]
+fn incoming_on_a_busy_tcp_port_fails_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let url = format!("tcp:127.0.0.1:{port}");
+    let mut dest = GuestProcess::shoal(&["run", "--incoming", &url]).unwrap();
+    let status = dest.wait_for_exit(TIMEOUT).unwrap();
+    assert!(!status.success());
+    let stderr = dest.stderr();
+    assert!(
+        stderr.contains(&url) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

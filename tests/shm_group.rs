@@ -349,38 +349,226 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// One round as the responder to `initiator` (`role=initiator` in a
+    /// VM): waits for its seq n and its n-th doorbell, checks its data
+    /// word, publishes seq n and rings back.
+    fn respond(&mut self, host: &Peer, initiator: u16) {
+        let seq = self.rounds + 1;
+        let deadline = Instant::now() + TIMEOUT;
+        while Exchange::read(host, self.slot(initiator)) < seq || self.received < seq {
+            assert!(Instant::now() < deadline, "round {seq} stalled");
+            self.received += host.wait(0, Some(Duration::from_millis(20))).unwrap();
+        }
+        let data = Exchange::read(host, self.slot(initiator) + 8);
+        assert_eq!(
+            data,
+            seq ^ EXCHANGE_SALT ^ u64::from(initiator),
+            "round {seq}: lost write"
+        );
+        let me = self.slot(host.id());
+        host.mapping()
+            .write(
+                me + 8,
+                &(seq ^ EXCHANGE_SALT ^ u64::from(host.id())).to_le_bytes(),
+            )
+            .unwrap();
+        host.mapping().write(me, &seq.to_le_bytes()).unwrap();
+        host.ring(initiator, 0).unwrap();
+        self.rounds = seq;
+        if seq == 1 {
+            // Round 1 re-rings, uncounted, until every peer knows every
+            // other: count doorbells from round 2 on.
+            self.received = 1;
+        }
+    }
+}
+
+/// The state-table state of peer `id` as `host` reads it.
+fn peer_state(host: &Peer, id: u16) -> Option<&'static str> {
+    host.region()
+        .unwrap()
+        .peer(id)
+        .and_then(|p| p.state)
+        .map(|s| s.name())
+}
+
+/// Sets the exchange's stop word and rings `peers`.
+fn stop_exchange(host: &Peer, base: usize, peers: &[u16]) {
+    host.mapping().write(base, &1u64.to_le_bytes()).unwrap();
+    for &p in peers {
+        host.ring(p, 0).unwrap();
+    }
+}
+
+/// Waits for `vm`'s end of the exchange: it never had to ring twice (no
+/// doorbell lost) and printed no error.
+fn assert_exchange_clean(vm: &mut GuestProcess) {
+    let done = vm
+        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
+        .unwrap();
+    assert!(done.ends_with("rerings 0"), "doorbells were lost: {done}");
+    assert!(vm.error_lines().is_empty(), "{}", vm.output());
+}
+
+/// A destination (`--incoming`) and a group member to migrate to it,
+/// with an API socket, in `group`'s directory.
+struct Move {
+    mig: PathBuf,
+    api: PathBuf,
+    dest: GuestProcess,
+    src: GuestProcess,
+}
+
+impl Move {
+    fn start(group: &Group, cmdline: &str) -> Move {
+        let dir = group.socket.parent().unwrap().to_path_buf();
+        let (mig, api) = (dir.join("mig.sock"), dir.join("api.sock"));
+        let dest = GuestProcess::shoal(&["run", "--incoming", &format!("unix:{}", mig.display())])
+            .unwrap();
+        let src = GuestProcess::shoal(&[
+            "run",
+            "--kernel",
+            shoal_tests::test_guest_path().to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--cmdline",
+            cmdline,
+            "--shmem-group",
+            &format!("socket={}", group.socket.display()),
+            "--api-socket",
+            api.to_str().unwrap(),
+        ])
+        .unwrap();
+        Move {
+            mig,
+            api,
+            dest,
+            src,
+        }
+    }
+
+    /// Runs `send-migration` on a thread (once the destination listens);
+    /// `work` is called until it returns, then until the source VMM has
+    /// exited (it lingers a little to answer status requests, and a
+    /// silent peer would make the member re-ring, which the tests count
+    /// as a lost doorbell).
+    fn migrate_while(&mut self, mut work: impl FnMut()) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.mig.exists() {
+            assert!(Instant::now() < deadline, "the destination does not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let shoal = shoal_tests::shoal_binary().unwrap();
+        let (api, url) = (self.api.clone(), format!("unix:{}", self.mig.display()));
+        let migrate = std::thread::spawn(move || {
+            std::process::Command::new(shoal)
+                .args(["api", "--socket"])
+                .arg(&api)
+                .args(["send-migration", &url])
+                .output()
+                .unwrap()
+        });
+        while !migrate.is_finished() {
+            work();
+        }
+        let out = migrate.join().unwrap();
+        assert!(
+            out.status.success(),
+            "migration failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = loop {
+            work();
+            if let Ok(status) = self.src.wait_for_exit(Duration::from_millis(1)) {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the source VMM did not exit");
+        };
+        assert!(status.success(), "{}", self.src.output());
+    }
+}
+
+#[test]
+fn a_group_member_migrates_while_a_host_peer_and_another_vm_exchange_with_it() {
+    let group = Group::start("migrate-star", 1);
+    let mut host = Peer::connect(&group.socket).unwrap();
+    host.watch().unwrap();
+    let base = host.data_offset() as usize;
+    // Ids go to the lowest free slot: the host has one, the migrating
+    // member boots next, the other VM after it.
+    let (member, other) = (host.id() + 1, host.id() + 2);
+    let mut mv = Move::start(
+        &group,
+        &format!(
+            "scenario=shm op=info,exchange role=initiator peer={},{other} every=16 rering=2",
+            host.id()
+        ),
+    );
+    assert_eq!(shm_id(&mut mv.src), member, "the member got another id");
+    wait_for_join(&mut host, Some(member));
+    let mut vm2 = group_vm(
+        &group.socket,
+        &format!("scenario=shm op=info,exchange role=responder peer={member} every=16 rering=2"),
+    );
+    assert_eq!(shm_id(&mut vm2), other, "the other VM got another id");
+    let mut ex = Exchange {
+        base,
+        rounds: 0,
+        received: 0,
+    };
+    for _ in 0..30 {
+        ex.respond(&host, member);
+    }
+    vm2.wait_for_line("SHOAL-TG shm exchange 16", TIMEOUT)
+        .unwrap();
+    // Migrate while both keep exchanging, watching the member's state.
+    let mut events = Vec::new();
+    let mut step = |host: &mut Peer, ex: &mut Exchange| {
+        ex.respond(host, member);
+        for e in host.poll_events().unwrap() {
+            if let Membership::Event(e) = e {
+                if e.id == member {
+                    events.push(e.kind);
+                }
+            }
+        }
+    };
+    mv.migrate_while(|| step(&mut host, &mut ex));
+    for _ in 0..30 {
+        step(&mut host, &mut ex);
+    }
+    // The state table went to `migrating` and back to the same id.
+    use shmem_group::ext::EventKind;
+    assert_eq!(
+        events,
+        vec![EventKind::Migrating, EventKind::Resumed],
+        "membership events of the member"
+    );
+    assert_eq!(peer_state(&host, member), Some("alive"));
+    // Stop: every side checked every round; nobody had to ring twice.
+    stop_exchange(&host, base, &[member, other]);
+    assert_exchange_clean(&mut mv.dest);
+    assert_exchange_clean(&mut vm2);
+    assert!(ex.received >= ex.rounds, "the host lost doorbells");
+}
+
 #[test]
 fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
     let group = Group::start("migrate", 1);
-    let dir = group.socket.parent().unwrap().to_path_buf();
     let mut host = Peer::connect(&group.socket).unwrap();
     let base = host.data_offset() as usize;
-    let mig = dir.join("mig.sock");
-    let api_sock = dir.join("api.sock");
-    let mut dest =
-        GuestProcess::shoal(&["run", "--incoming", &format!("unix:{}", mig.display())]).unwrap();
-    let group_opt = format!("socket={}", group.socket.display());
-    let cmdline = format!(
-        "scenario=shm op=info,exchange role=responder peer={} every=16 rering=2",
-        host.id()
+    let mut mv = Move::start(
+        &group,
+        &format!(
+            "scenario=shm op=info,exchange role=responder peer={} every=16 rering=2",
+            host.id()
+        ),
     );
-    let mut src = GuestProcess::shoal(&[
-        "run",
-        "--kernel",
-        shoal_tests::test_guest_path().to_str().unwrap(),
-        "--memory",
-        "128M",
-        "--cmdline",
-        &cmdline,
-        "--shmem-group",
-        &group_opt,
-        "--api-socket",
-        api_sock.to_str().unwrap(),
-    ])
-    .unwrap();
-    let vm = shm_id(&mut src);
+    let vm = shm_id(&mut mv.src);
     wait_for_join(&mut host, Some(vm));
-    src.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
+    mv.src.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
     let mut ex = Exchange {
         base,
         rounds: 0,
@@ -389,53 +577,14 @@ fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
     for _ in 0..50 {
         ex.round(&host, vm);
     }
-    // Migrate while the host keeps exchanging (once the destination listens).
-    let deadline = Instant::now() + TIMEOUT;
-    while !mig.exists() {
-        assert!(Instant::now() < deadline, "the destination does not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let shoal = shoal_tests::shoal_binary().unwrap();
-    let migrate = std::thread::spawn(move || {
-        std::process::Command::new(shoal)
-            .args(["api", "--socket"])
-            .arg(&api_sock)
-            .args(["send-migration", &format!("unix:{}", mig.display())])
-            .output()
-            .unwrap()
-    });
-    while !migrate.is_finished() {
-        ex.round(&host, vm);
-    }
-    let out = migrate.join().unwrap();
-    assert!(
-        out.status.success(),
-        "migration failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        src.wait_for_exit(TIMEOUT).unwrap().success(),
-        "{}",
-        src.output()
-    );
+    // Migrate while the host keeps exchanging.
+    mv.migrate_while(|| ex.round(&host, vm));
     for _ in 0..50 {
         ex.round(&host, vm);
     }
     // The destination holds the same peer id, and nothing was lost.
-    let state = host
-        .region()
-        .unwrap()
-        .peer(vm)
-        .and_then(|p| p.state)
-        .map(|s| s.name());
-    assert_eq!(state, Some("alive"));
-    host.mapping().write(base, &1u64.to_le_bytes()).unwrap();
-    host.ring(vm, 0).unwrap();
-    let done = dest
-        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
-        .unwrap();
-    assert!(done.ends_with("rerings 0"), "doorbells were lost: {done}");
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    stop_exchange(&host, base, &[vm]);
+    assert_exchange_clean(&mut mv.dest);
     assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
-    assert!(dest.error_lines().is_empty(), "{}", dest.output());
 }

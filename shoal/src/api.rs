@@ -57,6 +57,9 @@ pub enum ApiCommand {
         /// Give up (the VM runs on here) after this long.
         #[arg(long, default_value_t = 600, value_name = "S")]
         timeout_s: u64,
+        /// Send at most this many bytes per second (K, M, G: 1024-based; 0: no limit).
+        #[arg(long, default_value = "0", value_name = "BYTES", value_parser = parse_bandwidth)]
+        max_bandwidth: u64,
         /// Return once the migration started, without progress.
         #[arg(long)]
         no_wait: bool,
@@ -70,6 +73,27 @@ pub enum ApiCommand {
     MigrationStatus,
     /// Cancel the running migration (the VM runs on here).
     MigrationCancel,
+}
+
+/// `--max-bandwidth`: bytes per second, with an optional K, M or G
+/// (1024-based) suffix.
+fn parse_bandwidth(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("unknown unit {unit:?} (use K, M or G)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes per second"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Runs one `shoal api` command.
@@ -122,6 +146,7 @@ fn execute(socket: &Path, command: ApiCommand) -> Result<ExitCode, ClientError> 
             local,
             downtime_ms,
             timeout_s,
+            max_bandwidth,
             no_wait,
         } => {
             let opts = SendOptions {
@@ -129,6 +154,7 @@ fn execute(socket: &Path, command: ApiCommand) -> Result<ExitCode, ClientError> 
                 local,
                 downtime_ms,
                 timeout_s,
+                max_bandwidth,
             };
             let r = client::call(socket, "PUT", "vm.send-migration", Some(&opts))?;
             if !r.is_success() || no_wait {
@@ -322,6 +348,31 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn max_bandwidth_takes_a_unit() {
+        let parse = |v: &str| -> Result<u64, clap::Error> {
+            let cli = Cli::try_parse_from([
+                "x",
+                "--socket",
+                "/s",
+                "send-migration",
+                "unix:/m",
+                "--max-bandwidth",
+                v,
+            ])?;
+            match cli.api.command {
+                ApiCommand::SendMigration { max_bandwidth, .. } => Ok(max_bandwidth),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert_eq!(parse("1000").unwrap(), 1000);
+        assert_eq!(parse("16M").unwrap(), 16 << 20);
+        assert_eq!(parse("2g").unwrap(), 2 << 30);
+        assert!(parse("12X").is_err());
+        assert!(parse("M").is_err());
+        assert!(parse("99999999999G").is_err());
     }
 
     #[test]

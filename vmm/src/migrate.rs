@@ -12,11 +12,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hypervisor::kvm::KvmHypervisor;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::boot::{build, BuiltVm, Platform, RamSource, Start};
 use crate::config::VmConfig;
 use crate::memory::create_memfd;
-use crate::migration::{Hello, HookError, MigrationSource, MigrationTarget};
+use crate::migration::{Hello, HookError, MigrationSource, MigrationTarget, RamView};
 use crate::snapshot::VmSnapshot;
 use crate::vm::RunningVm;
 use crate::VmEvent;
@@ -29,6 +30,18 @@ struct Throttle {
     percent: Arc<std::sync::atomic::AtomicU8>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// How often a throttling pause looks whether the throttle ended.
+const THROTTLE_STEP: Duration = Duration::from_millis(5);
+/// The longest single throttling pause (the guest must still get on).
+const THROTTLE_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// How long to keep the vCPUs paused after they ran for `ran`, so that
+/// they run `100 - percent` % of the time.
+fn throttle_pause(ran: Duration, percent: u32) -> Duration {
+    let p = percent.min(99);
+    (ran * p / (100 - p)).min(THROTTLE_MAX_PAUSE)
 }
 
 /// A running VM as a migration source.
@@ -76,9 +89,18 @@ impl MigrationSource for VmSource {
         serde_json::to_value(&self.vm.config).unwrap_or(serde_json::Value::Null)
     }
 
-    fn read_ram(&self, offset: u64, buf: &mut [u8]) -> Result<(), HookError> {
-        self.vm.ram.file().read_exact_at(buf, offset)?;
-        Ok(())
+    fn ram(&self) -> RamView<'_> {
+        let mut regions = Vec::new();
+        let mut next = 0u64;
+        for region in self.vm.ram.memory().iter() {
+            // GuestRam lays the regions out one after the other in its file.
+            let offset = region.file_offset().map_or(next, |f| f.start());
+            next = offset + region.len();
+            if let Ok(mem) = region.as_volatile_slice() {
+                regions.push((offset, mem));
+            }
+        }
+        RamView::new(regions)
     }
 
     fn start_dirty_log(&self) -> Result<(), HookError> {
@@ -127,16 +149,26 @@ impl MigrationSource for VmSource {
             .name("migration-throttle".into())
             .spawn(move || {
                 use std::sync::atomic::Ordering;
-                while !stop.load(Ordering::Acquire) {
+                let stopped = || stop.load(Ordering::Acquire);
+                while !stopped() {
                     let p = u32::from(level.load(Ordering::Acquire));
                     if p == 0 {
                         std::thread::sleep(THROTTLE_PERIOD);
                         continue;
                     }
-                    vm.pause();
-                    std::thread::sleep(THROTTLE_PERIOD * p / 100);
-                    vm.resume();
+                    // The guest runs from the resume until the pause has
+                    // stopped every vCPU; on a loaded host sleeps overshoot
+                    // and pausing takes a while, so the pause that follows
+                    // is sized on the time it really ran.
+                    let started = std::time::Instant::now();
                     std::thread::sleep(THROTTLE_PERIOD * (100 - p) / 100);
+                    vm.pause();
+                    let pause = throttle_pause(started.elapsed(), p);
+                    let until = std::time::Instant::now() + pause;
+                    while !stopped() && std::time::Instant::now() < until {
+                        std::thread::sleep(THROTTLE_STEP.min(pause));
+                    }
+                    vm.resume();
                 }
             });
         match spawned {
@@ -213,7 +245,7 @@ impl<'a> IncomingVm<'a> {
         }
     }
 
-    fn ram_file(&self) -> Result<&File, HookError> {
+    fn ram(&self) -> Result<&File, HookError> {
         match &self.state {
             Incoming::Ram { platform, .. } => Ok(platform.ram().file()),
             _ => Err("guest RAM arrived before the VM configuration".into()),
@@ -246,14 +278,18 @@ impl MigrationTarget for IncomingVm<'_> {
     }
 
     fn write_ram(&mut self, offset: u64, data: &[u8]) -> Result<(), HookError> {
-        self.ram_file()?.write_all_at(data, offset)?;
+        self.ram()?.write_all_at(data, offset)?;
         Ok(())
     }
 
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError> {
         // A hole in the memfd reads as zeros and frees the page.
-        crate::snapshot::memory::punch_hole(self.ram_file()?, offset, len)?;
+        crate::snapshot::memory::punch_hole(self.ram()?, offset, len)?;
         Ok(())
+    }
+
+    fn ram_file(&self) -> Option<File> {
+        self.ram().ok().and_then(|f| f.try_clone().ok())
     }
 
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError> {
@@ -293,5 +329,21 @@ impl MigrationTarget for IncomingVm<'_> {
         let running = built.start(&self.events)?;
         self.state = Incoming::Running(Arc::new(running));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_pause_keeps_the_ratio_of_the_time_really_run() {
+        let ms = Duration::from_millis;
+        // 20% throttle after 16 ms of running: 4 ms paused.
+        assert_eq!(throttle_pause(ms(16), 20), ms(4));
+        // 99% after a slice that overshot to 5 ms: 495 ms paused.
+        assert_eq!(throttle_pause(ms(5), 99), ms(495));
+        // Capped, and 100% counts as 99%.
+        assert_eq!(throttle_pause(ms(100), 100), THROTTLE_MAX_PAUSE);
     }
 }

@@ -4,14 +4,47 @@
 //! They print numbers and assert only that the migration worked.
 
 use std::io::{Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::fake::{FakeTarget, FakeVm};
 use super::*;
 
 const GIB: u64 = 1 << 30;
 
-fn migrate(vm: &FakeVm, listen: &str, opts: impl Fn(&str) -> SendOptions) -> MigrationReport {
+/// CPU time on `clock` (a thread's or the process's CPU clock: it does
+/// not grow while the thread waits or another process runs, so it is
+/// steadier than wall time on a loaded machine).
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call writes into.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time of the whole process (every thread).
+fn process_cpu() -> Duration {
+    cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// A migration's report with the CPU time of the sending and the
+/// receiving thread, and of the whole process (the receiver's RAM writer
+/// and any fake guest included).
+struct Run {
+    report: MigrationReport,
+    send_cpu: Duration,
+    receive_cpu: Duration,
+    all_cpu: Duration,
+}
+
+fn migrate(vm: &FakeVm, listen: &str, opts: impl Fn(&str) -> SendOptions) -> Run {
     let url = MigrationUrl::parse(listen).unwrap();
     let listener = url.listen().unwrap();
     let url = match listener.tcp_port() {
@@ -20,26 +53,41 @@ fn migrate(vm: &FakeVm, listen: &str, opts: impl Fn(&str) -> SendOptions) -> Mig
     };
     let rx = std::thread::spawn(move || {
         let mut target = FakeTarget::default();
-        let r = receive(listener.accept().unwrap(), &mut target);
-        (r, target)
+        let stream = listener.accept().unwrap();
+        let cpu = thread_cpu();
+        let r = receive(stream, &mut target);
+        (r, target, thread_cpu() - cpu)
     });
+    let cpu = thread_cpu();
+    let all = process_cpu();
     let report = send(vm, &opts(&url), &MigrationProgress::default()).unwrap();
-    let (res, target) = rx.join().unwrap();
+    let send_cpu = thread_cpu() - cpu;
+    let (res, target, receive_cpu) = rx.join().unwrap();
+    let all_cpu = process_cpu() - all;
     res.unwrap();
     assert!(target.started);
-    report
+    Run {
+        report,
+        send_cpu,
+        receive_cpu,
+        all_cpu,
+    }
 }
 
-fn print(name: &str, r: &MigrationReport, ram: u64) {
+fn print(name: &str, run: &Run, ram: u64) {
+    let r = &run.report;
     let secs = r.total_ms.max(1) as f64 / 1000.0;
     println!(
-        "{name:<28} total {:>6} ms  downtime {:>8.3} ms  sent {:>7.1} MiB  {:>6.2} GiB/s of RAM  iterations {}  throttle {}%",
+        "{name:<28} total {:>6} ms  downtime {:>8.3} ms  sent {:>7.1} MiB  {:>6.2} GiB/s of RAM  iterations {}  throttle {}%  cpu: send {:>4} ms receive {:>4} ms all {:>4} ms",
         r.total_ms,
         r.downtime_us as f64 / 1000.0,
         r.bytes_total as f64 / (1 << 20) as f64,
         ram as f64 / GIB as f64 / secs,
         r.iterations,
         r.throttle_max,
+        run.send_cpu.as_millis(),
+        run.receive_cpu.as_millis(),
+        run.all_cpu.as_millis(),
     );
 }
 
@@ -49,8 +97,9 @@ fn sock(name: &str) -> String {
     format!("unix:{}", p.display())
 }
 
-/// The same socket carrying 1 GiB in 1 MiB writes, no framing.
-fn plain_copy(listen: &str) -> f64 {
+/// The same socket carrying 1 GiB in 1 MiB writes, no framing:
+/// (GiB/s, CPU of the sender, CPU of the receiver).
+fn plain_copy(listen: &str) -> (f64, Duration, Duration) {
     let url = MigrationUrl::parse(listen).unwrap();
     let listener = url.listen().unwrap();
     let url = match listener.tcp_port() {
@@ -59,6 +108,8 @@ fn plain_copy(listen: &str) -> f64 {
     };
     let rx = std::thread::spawn(move || {
         let mut s = listener.accept().unwrap();
+        s.tune();
+        let cpu = thread_cpu();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
@@ -67,31 +118,39 @@ fn plain_copy(listen: &str) -> f64 {
                 Ok(n) => total += n as u64,
             }
         }
-        total
+        (total, thread_cpu() - cpu)
     });
     let mut s = url.connect().unwrap();
+    s.tune();
     let buf = vec![0x5au8; 1 << 20];
     let t = Instant::now();
+    let cpu = thread_cpu();
     for _ in 0..1024 {
         s.write_all(&buf).unwrap();
     }
+    let send_cpu = thread_cpu() - cpu;
     s.shutdown();
-    let total = rx.join().unwrap();
+    let (total, receive_cpu) = rx.join().unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(total, GIB);
-    GIB as f64 / (1 << 30) as f64 / secs
+    (GIB as f64 / (1 << 30) as f64 / secs, send_cpu, receive_cpu)
+}
+
+fn print_plain(name: &str, (rate, send, receive): (f64, Duration, Duration)) {
+    println!(
+        "{name:<28} {rate:.2} GiB/s  cpu: send {:>4} ms receive {:>4} ms",
+        send.as_millis(),
+        receive.as_millis()
+    );
 }
 
 #[test]
 #[ignore = "benchmark: run by hand in release mode"]
 fn bench_migration_1gib() {
-    println!(
-        "plain copy over unix           {:.2} GiB/s",
-        plain_copy(&sock("plain"))
-    );
-    println!(
-        "plain copy over tcp loopback   {:.2} GiB/s",
-        plain_copy("tcp:127.0.0.1:0")
+    print_plain("plain copy over unix", plain_copy(&sock("plain")));
+    print_plain(
+        "plain copy over tcp loopback",
+        plain_copy("tcp:127.0.0.1:0"),
     );
 
     let idle = FakeVm::new(GIB).unwrap();
@@ -160,4 +219,18 @@ fn bench_migration_steps_per_gib() {
         f.read_exact_at(&mut rb, i << 20).unwrap();
     }
     println!("read from RAM          {:?}", t.elapsed());
+}
+
+/// One fully touched 1 GiB VM over unix, three times: the case to profile
+/// (`perf record -g target/release/deps/vmm-* --ignored bench_profile_full_unix`).
+#[test]
+#[ignore = "benchmark: run by hand in release mode"]
+fn bench_profile_full_unix() {
+    print_plain("plain copy over unix", plain_copy(&sock("plain")));
+    for i in 0..3 {
+        let full = FakeVm::new(GIB).unwrap();
+        full.fill(1).unwrap();
+        let r = migrate(&full, &sock(&format!("profile{i}")), SendOptions::new);
+        print("fully touched over unix", &r, GIB);
+    }
 }

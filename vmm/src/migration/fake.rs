@@ -9,13 +9,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+
 use super::frame::PAGE_SIZE;
-use super::{Hello, HookError, MigrationSource, MigrationTarget};
+use super::{Hello, HookError, MigrationSource, MigrationTarget, RamView};
 
 /// A fake source VM.
 #[derive(Debug)]
 pub struct FakeVm {
     ram: File,
+    /// `ram`, mapped (what the sender reads).
+    map: MmapRegion,
     size: u64,
     dirty: Vec<AtomicU64>,
     logging: AtomicBool,
@@ -36,8 +40,12 @@ impl FakeVm {
         let ram = crate::memory::create_memfd("fake-vm", size)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let pages = size / PAGE_SIZE as u64;
+        let len = usize::try_from(size).map_err(std::io::Error::other)?;
+        let map = MmapRegion::from_file(FileOffset::new(ram.try_clone()?, 0), len)
+            .map_err(std::io::Error::other)?;
         Ok(Arc::new(FakeVm {
             ram,
+            map,
             size,
             dirty: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             logging: AtomicBool::new(false),
@@ -123,7 +131,6 @@ impl FakeVm {
         let thread = std::thread::spawn(move || {
             let mut page = vec![0u8; PAGE_SIZE];
             let mut n = 0u64;
-            let start = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
                 let batch_start = Instant::now();
                 {
@@ -142,15 +149,18 @@ impl FakeVm {
                     }
                 }
                 written2.store(n, Ordering::Relaxed);
-                let t = u64::from(vm.throttle_percent().min(99));
-                if t > 0 {
-                    let busy = batch_start.elapsed();
-                    std::thread::sleep(busy * (t as u32) / (100 - t as u32));
-                }
-                if let Some(rate) = pages_per_sec {
-                    let due = Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
-                    if let Some(wait) = due.checked_sub(start.elapsed()) {
-                        std::thread::sleep(wait);
+                // The throttle keeps the guest from running t% of the time.
+                let t = vm.throttle_percent().min(99) as u32;
+                match pages_per_sec {
+                    None => {
+                        if t > 0 {
+                            std::thread::sleep(batch_start.elapsed() * t / (100 - t));
+                        }
+                    }
+                    Some(rate) => {
+                        // 16 pages per batch at `rate`, slowed by the throttle.
+                        let batch = Duration::from_secs_f64(16.0 / rate.max(1) as f64);
+                        std::thread::sleep(batch * 100 / (100 - t));
                     }
                 }
             }
@@ -200,8 +210,8 @@ impl MigrationSource for FakeVm {
         serde_json::json!({"memory": self.size, "cpus": 1})
     }
 
-    fn read_ram(&self, offset: u64, buf: &mut [u8]) -> Result<(), HookError> {
-        Ok(self.ram.read_exact_at(buf, offset)?)
+    fn ram(&self) -> RamView<'_> {
+        RamView::new(vec![(0, self.map.as_volatile_slice())])
     }
 
     fn start_dirty_log(&self) -> Result<(), HookError> {
@@ -297,6 +307,10 @@ impl MigrationTarget for FakeTarget {
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError> {
         let ram = self.ram.as_ref().ok_or("no RAM")?;
         Ok(crate::snapshot::memory::punch_hole(ram, offset, len)?)
+    }
+
+    fn ram_file(&self) -> Option<File> {
+        self.ram.as_ref().and_then(|f| f.try_clone().ok())
     }
 
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError> {

@@ -36,7 +36,8 @@ pub const PAGE_SIZE: usize = 4096;
 pub const MAX_CHUNK_PAGES: u32 = 256;
 /// Largest payload accepted (the VM state is the largest frame).
 pub const MAX_PAYLOAD: u32 = 64 << 20;
-const PAGES_META: usize = 16;
+/// Bytes of a `Pages` payload before the zero bitmap.
+pub const PAGES_META: usize = 16;
 
 /// Errors of the frame layer.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +134,8 @@ pub struct Pages<'a> {
     pub count: u32,
     zero_bitmap: &'a [u8],
     data: &'a [u8],
+    /// Where `data` starts in the frame payload.
+    data_at: usize,
 }
 
 impl<'a> Pages<'a> {
@@ -141,10 +144,11 @@ impl<'a> Pages<'a> {
     }
 
     /// Runs of consecutive pages of one kind: `(first page, pages, data)`
-    /// with `None` for a run of zero pages.
-    pub fn runs(&self) -> Vec<(u64, u32, Option<&'a [u8]>)> {
+    /// with the data's byte range in the frame payload, `None` for a run
+    /// of zero pages.
+    pub fn runs(&self) -> Vec<(u64, u32, Option<std::ops::Range<usize>>)> {
         let mut runs = Vec::new();
-        let mut data_at = 0usize;
+        let mut data_at = self.data_at;
         let mut i = 0u32;
         while i < self.count {
             let zero = self.is_zero(i);
@@ -157,8 +161,9 @@ impl<'a> Pages<'a> {
             if zero {
                 runs.push((first, n, None));
             } else {
+                // decode() checked that the data holds every non-zero page.
                 let len = n as usize * PAGE_SIZE;
-                runs.push((first, n, self.data.get(data_at..data_at + len)));
+                runs.push((first, n, Some(data_at..data_at + len)));
                 data_at += len;
             }
         }
@@ -250,9 +255,35 @@ pub fn decode(kind: Kind, payload: &[u8]) -> Result<Message<'_>, FrameError> {
                 count,
                 zero_bitmap,
                 data,
+                data_at: PAGES_META + map_len,
             }))
         }
     }
+}
+
+/// The fixed start of a `Pages` payload.
+fn pages_meta(first_page: u64, count: u32) -> [u8; PAGES_META] {
+    let mut meta = [0u8; PAGES_META];
+    meta[0..8].copy_from_slice(&first_page.to_le_bytes());
+    meta[8..12].copy_from_slice(&count.to_le_bytes());
+    meta
+}
+
+/// `Write::write_all` for several buffers (std's is not stable yet).
+pub(crate) fn write_all_vectored(
+    w: &mut impl Write,
+    mut bufs: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes frames, buffered.
@@ -292,32 +323,59 @@ impl<W: Write> FrameWriter<W> {
         self.encode_version(kind, parts, STREAM_VERSION)
     }
 
-    fn encode_version(&mut self, kind: Kind, parts: &[&[u8]], version: u16) -> Vec<u8> {
+    /// The header of the next frame, whose payload is the concatenation
+    /// of `parts`: the frame takes its sequence number and counts as
+    /// written.
+    fn next_header(&mut self, kind: Kind, parts: &[&[u8]], version: u16) -> [u8; HEADER_LEN] {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut crc = Crc32c::new();
         parts.iter().for_each(|p| crc.update(p));
         let h = header(kind, len as u32, self.seq, crc.finish(), version);
         self.seq = self.seq.wrapping_add(1);
-        let mut out = Vec::with_capacity(HEADER_LEN + len);
-        out.extend_from_slice(&h);
+        self.bytes += (HEADER_LEN + len) as u64;
+        h
+    }
+
+    fn encode_version(&mut self, kind: Kind, parts: &[&[u8]], version: u16) -> Vec<u8> {
+        let h = self.next_header(kind, parts, version);
+        let mut out = h.to_vec();
         parts.iter().for_each(|p| out.extend_from_slice(p));
-        self.bytes += out.len() as u64;
         out
     }
 
     /// Writes a frame whose payload is the concatenation of `parts`.
     pub fn send(&mut self, kind: Kind, parts: &[&[u8]]) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut crc = Crc32c::new();
-        parts.iter().for_each(|p| crc.update(p));
-        let h = header(kind, len as u32, self.seq, crc.finish(), STREAM_VERSION);
-        self.seq = self.seq.wrapping_add(1);
-        self.inner.write_all(&h)?;
-        for p in parts {
-            self.inner.write_all(p)?;
+        let h = self.next_header(kind, parts, STREAM_VERSION);
+        // One writev for the header and all parts: a large payload (pages)
+        // goes from its buffer to the socket without another copy.
+        let mut slices = [io::IoSlice::new(&[]); 4];
+        slices[0] = io::IoSlice::new(&h);
+        for (slot, p) in slices[1..].iter_mut().zip(parts) {
+            *slot = io::IoSlice::new(p);
         }
-        self.bytes += (HEADER_LEN + len) as u64;
+        if parts.len() > slices.len() - 1 {
+            self.inner.write_all(&h)?;
+            parts.iter().try_for_each(|p| self.inner.write_all(p))?;
+        } else {
+            write_all_vectored(&mut self.inner, &mut slices[..1 + parts.len()])?;
+        }
         Ok(())
+    }
+
+    /// Encodes the header and the page metadata of a `Pages` frame
+    /// without writing anything (the frame takes its sequence number and
+    /// counts as written): another thread writes header, metadata, bitmap
+    /// and data, in this order, before any later frame.
+    pub fn encode_pages(
+        &mut self,
+        first_page: u64,
+        count: u32,
+        zero_bitmap: &[u8],
+        data: &[u8],
+    ) -> ([u8; HEADER_LEN], [u8; PAGES_META]) {
+        let meta = pages_meta(first_page, count);
+        let h = self.next_header(Kind::Pages, &[&meta, zero_bitmap, data], STREAM_VERSION);
+        (h, meta)
     }
 
     /// Writes a `Pages` frame. `data` holds the non-zero pages in order.
@@ -328,9 +386,7 @@ impl<W: Write> FrameWriter<W> {
         zero_bitmap: &[u8],
         data: &[u8],
     ) -> io::Result<()> {
-        let mut meta = [0u8; PAGES_META];
-        meta[0..8].copy_from_slice(&first_page.to_le_bytes());
-        meta[8..12].copy_from_slice(&count.to_le_bytes());
+        let meta = pages_meta(first_page, count);
         self.send(Kind::Pages, &[&meta, zero_bitmap, data])
     }
 
@@ -402,6 +458,15 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads the next frame and checks magic, version, checksums and order.
     pub fn next_frame(&mut self) -> Result<(Kind, &[u8]), FrameError> {
+        let mut payload = std::mem::take(&mut self.payload);
+        let read = self.next_frame_into(&mut payload);
+        self.payload = payload;
+        Ok((read?, &self.payload))
+    }
+
+    /// [`FrameReader::next_frame`] with the payload read into `payload`
+    /// (resized to fit), so the caller can hand the buffer on.
+    pub fn next_frame_into(&mut self, payload: &mut Vec<u8>) -> Result<Kind, FrameError> {
         let mut h = [0u8; HEADER_LEN];
         self.read_exact(&mut h)?;
         if h[0..4] != MAGIC {
@@ -430,16 +495,13 @@ impl<R: Read> FrameReader<R> {
             });
         }
         self.seq = self.seq.wrapping_add(1);
-        let mut payload = std::mem::take(&mut self.payload);
         payload.resize(len as usize, 0);
-        let read = self.read_exact(&mut payload);
-        self.payload = payload;
-        read?;
-        if crc32c(&self.payload) != u32_at(&h, 16) {
+        self.read_exact(payload)?;
+        if crc32c(payload) != u32_at(&h, 16) {
             return Err(FrameError::PayloadChecksum(kind));
         }
         self.bytes += (HEADER_LEN as u64) + u64::from(len);
-        Ok((kind, &self.payload))
+        Ok(kind)
     }
 
     /// Reads and decodes the next frame.

@@ -15,7 +15,10 @@
 
 pub mod fake;
 pub mod frame;
+mod page_pipe;
 pub mod progress;
+pub mod ram;
+mod ram_writer;
 mod receiver;
 mod sender;
 pub mod url;
@@ -31,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use frame::{FrameError, Hello};
 pub use progress::{MigrationProgress, MigrationReport, MigrationState, MigrationStatus};
+pub use ram::RamView;
 pub use receiver::{fuzz_stream, receive, ReceiveReport};
 pub use sender::{send, spawn_send};
 pub use url::{Listener, MigrationUrl, Stream, UrlError};
@@ -94,8 +98,9 @@ pub trait MigrationSource {
     fn ram_fd(&self) -> BorrowedFd<'_>;
     /// The VM configuration, sent to the destination first.
     fn config(&self) -> serde_json::Value;
-    /// Copies guest RAM at `offset` into `buf`.
-    fn read_ram(&self, offset: u64, buf: &mut [u8]) -> Result<(), HookError>;
+    /// Guest RAM as mapped in this process, by RAM file offset (the
+    /// sender copies pages from it while the guest runs).
+    fn ram(&self) -> RamView<'_>;
     /// Starts dirty page logging (and clears the log).
     fn start_dirty_log(&self) -> Result<(), HookError>;
     /// Stops dirty page logging.
@@ -127,6 +132,11 @@ pub trait MigrationTarget {
     /// in an earlier iteration and is zero now). Make it cheap:
     /// `snapshot::memory::punch_hole` on the memfd rather than writing zeros.
     fn zero_ram(&mut self, offset: u64, len: u64) -> Result<(), HookError>;
+    /// The file `write_ram` and `zero_ram` act on (RAM offset = file
+    /// offset), as a new descriptor, once `prepare` ran: the receiver then
+    /// writes pages into it from a thread of its own, overlapping with
+    /// reading the stream. `None`: every page goes through the hooks.
+    fn ram_file(&self) -> Option<std::fs::File>;
     /// Takes the source's RAM memfd (same-host migration).
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError>;
     /// Restores the VM state sent by [`MigrationSource::save_state`].
@@ -158,6 +168,10 @@ pub struct SendOptions {
     /// Give up (and resume the source) after this long.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// Most bytes per second to send (0: as fast as the link goes). Holds
+    /// for the pages of every phase, like a link that slow would.
+    #[serde(default)]
+    pub max_bandwidth: u64,
 }
 
 impl SendOptions {
@@ -168,6 +182,7 @@ impl SendOptions {
             local: false,
             downtime_ms: default_downtime_ms(),
             timeout_s: default_timeout_s(),
+            max_bandwidth: 0,
         }
     }
 }

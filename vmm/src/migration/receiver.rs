@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::frame::{FrameReader, FrameWriter, Kind, Message, HEADER_LEN, PAGE_SIZE};
+use super::frame::{decode, FrameReader, FrameWriter, Kind, Message, Pages, HEADER_LEN, PAGE_SIZE};
+use super::ram_writer::{Op, RamWriter};
 use super::url::Stream;
 use super::{MigrationError, MigrationTarget};
 
@@ -166,79 +167,127 @@ impl Receiver<'_> {
         writer.send(Kind::Ack, &[]).map_err(MigrationError::Send)?;
         writer.flush().map_err(MigrationError::Send)?;
 
+        let state = self.receive_ram(reader, hello.local)?;
+        self.target
+            .restore_state(&state)
+            .map_err(|e| MigrationError::Vm("restore its state", e))?;
+        writer.send(Kind::Ack, &[]).map_err(MigrationError::Send)?;
+        writer.flush().map_err(MigrationError::Send)?;
+        self.target
+            .start()
+            .map_err(|e| MigrationError::Vm("start", e))?;
+        Ok(())
+    }
+
+    /// Reads pages (into RAM), iteration ends and the state until the
+    /// commit; returns the state once all RAM is written.
+    fn receive_ram<R: Read>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        local: bool,
+    ) -> Result<Vec<u8>, MigrationError> {
+        // Pages go to a writer thread when the target has a RAM file.
+        let mut ram_writer = match self.target.ram_file() {
+            Some(file) if !local => Some(RamWriter::start(file)?),
+            _ => None,
+        };
         let mut state = Vec::new();
         // Until the first iteration ends, every page arrives once and the
         // target's RAM is fresh: zero pages need no write.
-        let mut first_pass = !hello.local;
+        let mut first_pass = !local;
+        let mut own_buf = Vec::new();
         loop {
-            match reader.next_message()? {
-                Message::Pages(p) if !hello.local => {
-                    let end = p.first_page.saturating_add(u64::from(p.count));
-                    if end.saturating_mul(PAGE_SIZE as u64) > self.ram_size {
-                        return Err(MigrationError::PageOutOfRange {
-                            first: p.first_page,
-                            end,
-                            ram_size: self.ram_size,
-                        });
-                    }
-                    self.write_pages(&p, first_pass)?;
-                }
+            let mut buf = match &ram_writer {
+                Some(w) => w.buffer(),
+                None => std::mem::take(&mut own_buf),
+            };
+            let kind = reader.next_frame_into(&mut buf)?;
+            let ops = match decode(kind, &buf)? {
+                Message::Pages(p) if !local => Some(self.page_ops(&p, first_pass)?),
                 Message::IterationEnd { .. } => {
                     self.report.iterations += 1;
                     first_pass = false;
+                    None
                 }
                 Message::State(s) => {
                     state.clear();
                     state.extend_from_slice(s);
                     self.state_seen = true;
+                    None
                 }
                 Message::Commit => {
                     if !self.state_seen {
                         return Err(MigrationError::CommitWithoutState);
                     }
-                    self.target
-                        .restore_state(&state)
-                        .map_err(|e| MigrationError::Vm("restore its state", e))?;
-                    writer.send(Kind::Ack, &[]).map_err(MigrationError::Send)?;
-                    writer.flush().map_err(MigrationError::Send)?;
-                    self.target
-                        .start()
-                        .map_err(|e| MigrationError::Vm("start", e))?;
-                    return Ok(());
+                    if let Some(w) = ram_writer.take() {
+                        w.finish()?;
+                    }
+                    return Ok(state);
                 }
                 Message::Abort(why) => return Err(MigrationError::Aborted(why)),
                 other => return Err(unexpected("pages, state or commit", &other)),
+            };
+            match (&mut ram_writer, ops) {
+                (Some(w), Some(ops)) => w.submit(buf, ops)?,
+                (Some(w), None) => w.recycle(buf),
+                (None, Some(ops)) => {
+                    self.apply_with_hooks(&buf, &ops)?;
+                    own_buf = buf;
+                }
+                (None, None) => own_buf = buf,
             }
         }
     }
 
-    fn write_pages(
-        &mut self,
-        p: &super::frame::Pages<'_>,
-        fresh_ram: bool,
-    ) -> Result<(), MigrationError> {
+    /// What a pages frame changes in RAM, after checking its range.
+    fn page_ops(&mut self, p: &Pages<'_>, fresh_ram: bool) -> Result<Vec<Op>, MigrationError> {
+        let end = p.first_page.saturating_add(u64::from(p.count));
+        if end.saturating_mul(PAGE_SIZE as u64) > self.ram_size {
+            return Err(MigrationError::PageOutOfRange {
+                first: p.first_page,
+                end,
+                ram_size: self.ram_size,
+            });
+        }
+        let mut ops = Vec::new();
         for (first, n, data) in p.runs() {
             let offset = first * PAGE_SIZE as u64;
             let n = u64::from(n);
             match data {
-                Some(d) => {
+                Some(range) => {
                     self.report.pages_data += n;
-                    self.target
-                        .write_ram(offset, d)
-                        .map_err(|e| MigrationError::Vm("write its RAM", e))?;
+                    ops.push(Op::Write { offset, range });
                 }
-                None if fresh_ram => self.report.pages_zero += n,
                 None => {
                     self.report.pages_zero += n;
-                    self.target
-                        .zero_ram(offset, n * PAGE_SIZE as u64)
-                        .map_err(|e| MigrationError::Vm("write its RAM", e))?;
+                    if !fresh_ram {
+                        ops.push(Op::Zero {
+                            offset,
+                            len: n * PAGE_SIZE as u64,
+                        });
+                    }
                 }
             }
+        }
+        Ok(ops)
+    }
+
+    /// Applies `ops` through the target's hooks (a target without a file).
+    fn apply_with_hooks(&mut self, buf: &[u8], ops: &[Op]) -> Result<(), MigrationError> {
+        for op in ops {
+            let res = match op {
+                Op::Write { offset, range } => match buf.get(range.clone()) {
+                    Some(data) => self.target.write_ram(*offset, data),
+                    None => Err("page range outside the frame".into()),
+                },
+                Op::Zero { offset, len } => self.target.zero_ram(*offset, *len),
+            };
+            res.map_err(|e| MigrationError::Vm("write its RAM", e))?;
         }
         Ok(())
     }
 }
+
 /// A target that keeps nothing, for the fuzzer: RAM up to 64 MiB accepted.
 struct NullTarget;
 
@@ -254,6 +303,9 @@ impl MigrationTarget for NullTarget {
     }
     fn zero_ram(&mut self, _: u64, _: u64) -> Result<(), super::HookError> {
         Ok(())
+    }
+    fn ram_file(&self) -> Option<std::fs::File> {
+        None
     }
     fn adopt_ram_fd(&mut self, _: OwnedFd, _: u64) -> Result<(), super::HookError> {
         Ok(())

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::frame::{FrameReader, FrameWriter, Hello, Kind, Message, MAX_CHUNK_PAGES, PAGE_SIZE};
+use super::page_pipe::{PageFrame, PagePipe};
 use super::progress::{MigrationProgress, MigrationReport, MigrationState};
+use super::ram::gather_pages;
 use super::url::{MigrationUrl, Stream};
 use super::{MigrationError, MigrationSource, SendOptions};
-use crate::snapshot::memory::{data_ranges, is_zero};
+use crate::snapshot::memory::data_ranges;
 
 /// First throttle step of auto-converge, then the increment and the cap.
 const THROTTLE_INITIAL: u8 = 20;
@@ -88,6 +90,62 @@ fn next_throttle(current: u8, iteration: u32, dirty_rate: u64, link_rate: u64) -
     })
 }
 
+/// Keeps the sending rate at or under a limit: after each write, waits
+/// until the bytes written so far are due at that rate.
+#[derive(Debug)]
+struct Pacer {
+    bytes_per_sec: u64,
+    since: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Self {
+        Pacer {
+            bytes_per_sec,
+            since: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// How long to wait after `n` more bytes, at `now` (zero when
+    /// unlimited or not ahead of the rate).
+    fn after(&mut self, n: u64, now: Instant) -> Duration {
+        if self.bytes_per_sec == 0 {
+            return Duration::ZERO;
+        }
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec as f64);
+        let elapsed = now.saturating_duration_since(self.since);
+        let ahead = due.saturating_sub(elapsed);
+        if ahead.is_zero() && elapsed > Duration::from_secs(1) {
+            // Behind (or idle) for a while: start a new window rather than
+            // letting a burst catch up on time that was not used.
+            self.since = now;
+            self.bytes = 0;
+        }
+        ahead
+    }
+}
+
+/// Iterations after which a dirty set that fits the target is sent even if
+/// it still shrinks.
+const MAX_SHRINKING_ITERATIONS: u32 = 30;
+
+/// Whether to pause the guest and copy the rest now. Only when the rest
+/// fits the downtime target; but while the dirty set still shrinks to under
+/// half per iteration, one more pre-copy pass (guest running) costs less
+/// than sending it paused, so go on until it stops shrinking or is down to
+/// a tenth of the target (1 ms at least).
+fn stop_now(expected_ms: u64, target_ms: u64, prev_dirty: u64, dirty: u64, iteration: u32) -> bool {
+    if expected_ms > target_ms {
+        return false;
+    }
+    let small = expected_ms <= (target_ms / 10).max(1);
+    let shrinking = dirty < prev_dirty / 2;
+    small || !shrinking || iteration >= MAX_SHRINKING_ITERATIONS
+}
+
 fn count_pages(bitmap: &[u64]) -> u64 {
     bitmap.iter().map(|w| u64::from(w.count_ones())).sum()
 }
@@ -101,11 +159,13 @@ struct Sender<'a> {
     start: Instant,
     deadline: Instant,
     ram_pages: u64,
-    buf: Vec<u8>,
+    /// Frame buffers, kept from one pass to the next.
+    buffers: Vec<Vec<u8>>,
     report: MigrationReport,
     paused: bool,
     dirty_log: bool,
     throttle: u8,
+    pacer: Pacer,
 }
 
 impl Sender<'_> {
@@ -191,39 +251,77 @@ impl Sender<'_> {
     /// Sends the pages set in `bitmap`; returns the bytes written.
     fn send_pages(&mut self, bitmap: &[u64]) -> Result<u64, MigrationError> {
         let before = self.writer.bytes;
+        let mut runs = DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES).peekable();
+        if runs.peek().is_none() {
+            return Ok(0);
+        }
+        // Frames go out from a thread of their own while the next ones are
+        // gathered; nothing else is written until it is done.
+        self.writer.flush().map_err(|e| self.send_error(e))?;
+        let stream = self
+            .writer
+            .get_ref()
+            .try_clone()
+            .map_err(MigrationError::Send)?;
+        let buffers = std::mem::take(&mut self.buffers);
+        let pipe = PagePipe::start(stream, buffers).map_err(MigrationError::Thread)?;
+        let fed = self.feed(&pipe, runs, before);
+        let (written, buffers) = pipe.finish();
+        self.buffers = buffers;
+        match (fed, written) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(self.send_error(e)),
+            (Ok(true), Ok(())) => Ok(self.writer.bytes - before),
+            (Ok(false), Ok(())) => Err(MigrationError::Send(std::io::Error::other(
+                "the page writer stopped",
+            ))),
+        }
+    }
+
+    /// Gathers the pages of `runs` into frames for `pipe`; `Ok(false)`:
+    /// the pipe stopped (its error comes from `finish`).
+    fn feed(
+        &mut self,
+        pipe: &PagePipe,
+        runs: impl Iterator<Item = (u64, u32)>,
+        before: u64,
+    ) -> Result<bool, MigrationError> {
         let started = Instant::now();
-        let mut zero_map = [0u8; (MAX_CHUNK_PAGES / 8) as usize];
-        for (first, n) in DirtyRuns::new(bitmap, self.ram_pages, MAX_CHUNK_PAGES) {
+        let ram = self.source.ram();
+        for (first, n) in runs {
             self.check()?;
-            let len = n as usize * PAGE_SIZE;
-            let buf = &mut self.buf[..len];
-            self.source
-                .read_ram(first * PAGE_SIZE as u64, buf)
-                .map_err(|e| MigrationError::Vm("read its RAM", e))?;
-            zero_map.fill(0);
-            let mut kept = 0usize;
-            for i in 0..n as usize {
-                let at = i * PAGE_SIZE;
-                if is_zero(&buf[at..at + PAGE_SIZE]) {
-                    zero_map[i / 8] |= 1 << (i % 8);
-                    self.report.pages_zero += 1;
-                } else {
-                    if kept != i {
-                        buf.copy_within(at..at + PAGE_SIZE, kept * PAGE_SIZE);
-                    }
-                    kept += 1;
-                    self.report.pages_data += 1;
-                }
-            }
+            let Some(mut data) = pipe.buffer() else {
+                return Ok(false);
+            };
+            let mut zero_map = [0u8; (MAX_CHUNK_PAGES / 8) as usize];
             let map_len = (n as usize).div_ceil(8);
-            let res = self.writer.send_pages(
-                first,
-                n,
-                &zero_map[..map_len],
-                &self.buf[..kept * PAGE_SIZE],
-            );
-            res.map_err(|e| self.send_error(e))?;
+            let kept = gather_pages(&ram, first, n as usize, &mut data, &mut zero_map)
+                .map_err(|e| MigrationError::Vm("read its RAM", e.into()))?;
+            let data_pages = (kept / PAGE_SIZE) as u64;
+            self.report.pages_data += data_pages;
+            self.report.pages_zero += u64::from(n) - data_pages;
+            let frame_start = self.writer.bytes;
+            let (header, meta) =
+                self.writer
+                    .encode_pages(first, n, &zero_map[..map_len], &data[..kept]);
+            let frame = PageFrame {
+                header,
+                meta,
+                zero_map,
+                map_len,
+                data,
+                data_len: kept,
+            };
+            if pipe.submit(frame).is_err() {
+                return Ok(false);
+            }
             self.progress.set_bytes_sent(self.writer.bytes);
+            let wait = self
+                .pacer
+                .after(self.writer.bytes - frame_start, Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait.min(self.remaining()));
+            }
             let took = started.elapsed();
             if took >= Duration::from_millis(50) {
                 let sent = self.writer.bytes - before;
@@ -231,7 +329,7 @@ impl Sender<'_> {
                     .set_rate((sent as f64 / took.as_secs_f64()) as u64);
             }
         }
-        Ok(self.writer.bytes - before)
+        Ok(true)
     }
 
     /// The pages of the first pass: all of RAM but the holes of the memfd
@@ -295,6 +393,7 @@ impl Sender<'_> {
         let mut bitmap = self.first_pass_pages(words);
         let mut rate = 0u64;
         let mut iteration = 0u32;
+        let mut prev_dirty = u64::MAX;
         loop {
             self.progress.set_iteration(iteration);
             let t0 = Instant::now();
@@ -319,9 +418,16 @@ impl Sender<'_> {
             let expected_ms = dirty_bytes.saturating_mul(1000).div_ceil(link);
             self.progress.set_rates(rate, dirty_rate);
             self.progress.set_remaining(dirty_bytes, expected_ms);
-            if expected_ms <= self.opts.downtime_ms {
+            if stop_now(
+                expected_ms,
+                self.opts.downtime_ms,
+                prev_dirty,
+                dirty_bytes,
+                iteration,
+            ) {
                 break;
             }
+            prev_dirty = dirty_bytes;
             self.check()?;
             if let Some(t) = next_throttle(self.throttle, iteration, dirty_rate, link) {
                 self.throttle = t;
@@ -430,11 +536,12 @@ fn send_inner(
         start,
         deadline: start + Duration::from_secs(opts.timeout_s),
         ram_pages,
-        buf: vec![0u8; MAX_CHUNK_PAGES as usize * PAGE_SIZE],
+        buffers: Vec::new(),
         report: MigrationReport::default(),
         paused: false,
         dirty_log: false,
         throttle: 0,
+        pacer: Pacer::new(opts.max_bandwidth),
     };
     match s.run() {
         Ok(()) => {
@@ -518,6 +625,41 @@ mod tests {
         assert_eq!(next_throttle(0, 1, 500, 1000), None);
         assert_eq!(next_throttle(0, 0, 5000, 1000), None);
         assert_eq!(next_throttle(40, 3, 400, 1000), None);
+    }
+
+    #[test]
+    fn stop_and_copy_waits_while_the_dirty_set_halves() {
+        let mib = 1 << 20;
+        // Over the target: never.
+        assert!(!stop_now(120, 100, u64::MAX, 100 * mib, 0));
+        // Fits, but the first pass left 77 MiB (90 ms): one more pass.
+        assert!(!stop_now(90, 100, u64::MAX, 77 * mib, 0));
+        // 77 MiB -> 12 MiB (15 ms): still halving, over a tenth of 100 ms.
+        assert!(!stop_now(15, 100, 77 * mib, 12 * mib, 1));
+        // 12 MiB -> 1 MiB (2 ms): small enough.
+        assert!(stop_now(2, 100, 12 * mib, mib, 2));
+        // Not shrinking any more (a guest rewriting the same pages).
+        assert!(stop_now(40, 100, 16 * mib, 16 * mib, 3));
+        // A zero target stops only with nothing left.
+        assert!(stop_now(0, 0, mib, 0, 1));
+        assert!(!stop_now(1, 0, mib, 4096, 1));
+        // The cap.
+        assert!(stop_now(50, 100, 100 * mib, mib, MAX_SHRINKING_ITERATIONS));
+    }
+
+    #[test]
+    fn pacer_waits_until_the_bytes_are_due() {
+        let mut p = Pacer::new(1 << 20);
+        let t0 = p.since;
+        // 512 KiB at 1 MiB/s are due half a second after the start.
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(p.after(512 << 10, t0 + ms(100)), ms(400));
+        // On time: no wait.
+        assert_eq!(p.after(0, t0 + ms(600)), Duration::ZERO);
+        // Idle for seconds: the next burst is paced afresh, not let through.
+        assert_eq!(p.after(0, t0 + ms(5000)), Duration::ZERO);
+        assert_eq!(p.after(256 << 10, t0 + ms(5000)), ms(250));
+        assert_eq!(Pacer::new(0).after(1 << 30, t0), Duration::ZERO);
     }
 
     #[test]

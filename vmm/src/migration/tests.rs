@@ -163,6 +163,30 @@ fn fast_dirtier_converges_with_a_tiny_downtime_target() {
 }
 
 #[test]
+fn guest_outpacing_a_limited_link_converges_through_auto_converge() {
+    let vm = FakeVm::new(8 * MIB).unwrap();
+    vm.fill(4).unwrap();
+    // 16 MiB/s of dirtying over 256 pages against a 4 MiB/s link: without
+    // the throttle every iteration would find the whole set dirty again.
+    let _dirtier = vm.start_dirtier(0, 256, Some(4096));
+    let (rx, url) = spawn_receiver(
+        &format!("unix:{}", sock_path("limited")),
+        FakeTarget::default(),
+    );
+    let o = SendOptions {
+        max_bandwidth: 4 * MIB,
+        downtime_ms: 100,
+        ..opts(&url)
+    };
+    let report = send(vm.as_ref(), &o, &MigrationProgress::default()).unwrap();
+    let (res, target) = rx.join().unwrap();
+    res.unwrap();
+    assert_migrated(&vm, &target);
+    assert!(report.throttle_max > 0, "no auto-converge: {report:?}");
+    assert!(report.iterations > 1, "{report:?}");
+}
+
+#[test]
 fn local_migration_hands_over_the_memfd() {
     let vm = FakeVm::new(64 * MIB).unwrap();
     vm.fill(7).unwrap();
