@@ -42,6 +42,10 @@ pub(crate) struct Inner {
     pub(crate) id: u16,
     pub(crate) tag: u32,
     pub(crate) kind: SleepKind,
+    /// Unique among the handles of this process (keys thread caches).
+    pub(crate) uid: u64,
+    /// Thread-cache pages made by threads of this handle.
+    pub(crate) caches: std::sync::Mutex<Vec<u64>>,
     // Declared last: dropped after the views above (which borrow it).
     pub(crate) transport: Box<dyn Transport>,
 }
@@ -110,7 +114,7 @@ impl Shoal {
         let kind = transport.sleep_kind();
         crate::sync::wait::register_kind(&mem, &geo, id, kind);
         log::debug!("shoal: peer {id} opened over {}", transport.name());
-        Ok(Self {
+        let shoal = Self {
             inner: Arc::new(Inner {
                 mem,
                 peers,
@@ -118,9 +122,18 @@ impl Shoal {
                 id,
                 tag,
                 kind,
+                uid: crate::alloc::thread::new_uid(),
+                caches: std::sync::Mutex::new(Vec::new()),
                 transport,
             }),
-        })
+        };
+        // A peer that comes (back) is a good moment to give the caches of
+        // dead peers back to the heap; a heap lock held elsewhere for long
+        // only delays that until memory runs out.
+        if let Err(e) = shoal.inner.reclaim_dead_caches(Some(INIT_TIMEOUT / 10)) {
+            log::debug!("shoal: dead peers' caches not reclaimed at open: {e}");
+        }
+        Ok(shoal)
     }
 
     /// Our peer id.

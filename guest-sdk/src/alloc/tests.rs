@@ -282,7 +282,10 @@ fn random_operation_sequences_keep_the_heap_consistent() {
         s.free(ShmPtr::<u8>::from_offset(off)).unwrap();
     }
     let report = consistent(&s, &[]);
-    assert_eq!(report.free_pages + report.slab_pages, report.pages);
+    assert_eq!(
+        report.free_pages + report.slab_pages + report.caches,
+        report.pages
+    );
 }
 
 #[test]
