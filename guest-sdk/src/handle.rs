@@ -235,3 +235,57 @@ impl Shoal {
             .map_or(0, |a| a.load(Ordering::Relaxed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::local::Local;
+    use std::sync::atomic::AtomicU64;
+
+    /// A region of bare memory, with no group server's header in it.
+    #[derive(Debug)]
+    struct Bare(Box<[AtomicU64]>);
+
+    // SAFETY: the buffer is `len` bytes of atomics, 8-aligned, owned by the
+    // transport and never moved.
+    unsafe impl Transport for Bare {
+        fn base(&self) -> *mut u8 {
+            self.0.as_ptr() as *mut u8
+        }
+        fn len(&self) -> usize {
+            self.0.len() * 8
+        }
+        fn id(&self) -> u16 {
+            0
+        }
+        fn sleep_kind(&self) -> SleepKind {
+            SleepKind::Poll
+        }
+        fn ring(&self, _peer: u16) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn sleep(&self, _token: u32, _timeout: Option<Duration>) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "bare"
+        }
+    }
+
+    #[test]
+    fn a_region_without_the_group_header_is_refused() {
+        let bare = Bare((0..(1 << 17)).map(|_| AtomicU64::new(0)).collect());
+        let err = Shoal::open_transport(Box::new(bare)).unwrap_err();
+        assert!(
+            matches!(err, OpenError::Layout(LayoutError::Group(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_peer_id_outside_the_state_table_is_refused() {
+        let region = LocalRegion::new(1 << 20, 4).unwrap();
+        let err = Shoal::open_transport(Box::new(Local::new(region, 9))).unwrap_err();
+        assert!(matches!(err, OpenError::NotMember(9)), "{err:?}");
+    }
+}
