@@ -1,48 +1,34 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Shared bench set-up: a group server in this process with two host peers,
-//! thread pinning, and a partner thread that runs a measured loop in
-//! lockstep with criterion's thread.
+//! Shared bench set-up: a group server in this process (the tests' one)
+//! with two host peers, thread pinning, and a partner thread that runs a
+//! measured loop in lockstep with criterion's thread.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::Criterion;
-use shmem_group::server::Stopper;
-use shmem_group::{Server, ServerConfig};
 use shoal::Shoal;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+#[path = "../../tests/common/mod.rs"]
+mod server;
+
 /// A group server on a thread, and two host peers joined to it.
 pub struct Group {
     pub a: Shoal,
     pub b: Shoal,
-    stopper: Stopper,
-    thread: Option<JoinHandle<()>>,
+    // Declared last: the peers leave before the server stops.
+    _server: server::TestServer,
 }
 
 impl Group {
     pub fn start(size: u64) -> Self {
-        let socket = std::env::temp_dir().join(format!("shoal-bench-{}.sock", std::process::id()));
-        let mut server = Server::new(ServerConfig::new("bench", socket.clone(), size)).unwrap();
-        let stopper = server.stopper().unwrap();
-        let thread = std::thread::spawn(move || server.run().unwrap());
-        let a = Shoal::open_host(&socket).unwrap();
-        let b = Shoal::open_host(&socket).unwrap();
+        let server = server::TestServer::with_size("bench", size);
         Self {
-            a,
-            b,
-            stopper,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.stopper.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            a: server.open(),
+            b: server.open(),
+            _server: server,
         }
     }
 }

@@ -2,25 +2,18 @@
 //! Thread-cache tests over in-process regions.
 
 use super::cache::CAP;
+use super::tests::open;
 use super::*;
 use crate::transport::local::LocalRegion;
 use std::sync::Arc;
 
 fn region() -> Arc<LocalRegion> {
-    let r = LocalRegion::new(1 << 20, 8).unwrap();
-    for id in 0..4 {
-        r.join(id).unwrap();
-    }
-    r
+    super::tests::region(1 << 20)
 }
 
-fn open(r: &Arc<LocalRegion>, id: u16) -> Shoal {
-    Shoal::open_local(Arc::clone(r), id).unwrap()
-}
-
+/// Consistent and without leaks.
 fn consistent(s: &Shoal, live: &[u64]) -> HeapReport {
-    let report = s.check_heap(live).unwrap();
-    assert!(report.is_consistent(), "{:#?}", report.errors);
+    let report = super::tests::consistent(s, live);
     assert!(report.leaks.is_empty(), "leaked {:?}", report.leaks);
     report
 }
