@@ -350,7 +350,8 @@ pub(crate) fn create(tx: &mut Tx<'_>, owner: u32) -> Result<u64, AllocError> {
 }
 
 /// Moves objects of class `c` from the slabs into the cache until it is
-/// half full; returns how many it holds then (0: out of memory).
+/// half full; returns how many it holds then. Out of memory is an error
+/// only when not one object could be moved.
 pub(crate) fn refill(tx: &mut Tx<'_>, cache: u64, c: usize) -> Result<u32, AllocError> {
     let cap = *CAP.get(c).ok_or(AllocError::BadSize(0))?;
     let mut n = tx.get32(count_at(cache, c))?;

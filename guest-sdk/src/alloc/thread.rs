@@ -43,6 +43,8 @@ struct ThreadCaches(Vec<Mine>);
 
 impl Drop for ThreadCaches {
     fn drop(&mut self) {
+        // Later destructors of this thread must not find a page given back.
+        let _ = LAST.try_with(|last| last.set((0, 0)));
         for mine in self.0.drain(..) {
             if let Some(inner) = mine.inner.upgrade() {
                 inner.release_cache(mine.page);
