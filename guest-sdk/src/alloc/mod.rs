@@ -4,7 +4,7 @@
 //! heap lock with an undo journal, and a heap checker.
 //!
 //! Small allocations and frees go through the calling thread's cache, a
-//! page in the region (see [`cache`]): no lock, a few plain stores in an
+//! page in the region (see `cache.rs`): no lock, a few plain stores in an
 //! order that a dead peer's cache can be reclaimed from. Everything else —
 //! refilling and flushing caches, large blocks, named objects — takes the
 //! heap lock (a robust [`crate::sync::Mutex`] word in the SDK header), runs
