@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 /// it (to none below `SPIN_FLOOR_NS`), and with no budget every
 /// `PROBE_EVERY`-th wait still spins `PROBE_NS` to find out whether
 /// spinning pays again. Threads with cores of their own that hand work back
-/// and forth so catch each other awake (a kernel sleep/wake cycle takes 1-2
-/// µs on our machines); threads that share their core with other work, for
+/// and forth are meant to catch each other awake so (a kernel sleep/wake
+/// cycle takes 1-2 µs on our machines); threads that share their core with
+/// other work, for
 /// which spinning only makes the scheduler wake them later (measured: a
 /// two-thread futex round trip took 3.1 µs with a 0.5 µs spin and 1.7 µs
 /// without), sleep at once.
