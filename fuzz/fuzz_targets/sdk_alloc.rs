@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Fuzzes the guest SDK allocator: operation sequences from several peers,
-//! dead-peer injection, and the heap checker as the oracle (see
-//! `shoal::alloc::fuzz::run`).
+//! Fuzzes the guest SDK allocator: operation sequences from two peers
+//! (frees into either peer's thread cache), a peer dying after any store of
+//! a cached take or give or any journal record of a heap transaction, and
+//! the heap checker as the oracle (see `shoal::alloc::fuzz::run`).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -42,6 +42,10 @@ pub(crate) struct Inner {
     pub(crate) id: u16,
     pub(crate) tag: u32,
     pub(crate) kind: SleepKind,
+    /// Unique among the handles of this process (keys thread caches).
+    pub(crate) uid: u64,
+    /// Thread-cache pages made by threads of this handle.
+    pub(crate) caches: std::sync::Mutex<Vec<u64>>,
     // Declared last: dropped after the views above (which borrow it).
     pub(crate) transport: Box<dyn Transport>,
 }
@@ -110,7 +114,7 @@ impl Shoal {
         let kind = transport.sleep_kind();
         crate::sync::wait::register_kind(&mem, &geo, id, kind);
         log::debug!("shoal: peer {id} opened over {}", transport.name());
-        Ok(Self {
+        let shoal = Self {
             inner: Arc::new(Inner {
                 mem,
                 peers,
@@ -118,9 +122,18 @@ impl Shoal {
                 id,
                 tag,
                 kind,
+                uid: crate::alloc::thread::new_uid(),
+                caches: std::sync::Mutex::new(Vec::new()),
                 transport,
             }),
-        })
+        };
+        // A peer that comes (back) is a good moment to give the caches of
+        // dead peers back to the heap; a heap lock held elsewhere for long
+        // only delays that until memory runs out.
+        if let Err(e) = shoal.inner.reclaim_dead_caches(Some(INIT_TIMEOUT / 10)) {
+            log::debug!("shoal: dead peers' caches not reclaimed at open: {e}");
+        }
+        Ok(shoal)
     }
 
     /// Our peer id.
@@ -220,5 +233,59 @@ impl Shoal {
             .mem
             .u32(self.inner.geo.field(layout::H_RECOVERIES))
             .map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::local::Local;
+    use std::sync::atomic::AtomicU64;
+
+    /// A region of bare memory, with no group server's header in it.
+    #[derive(Debug)]
+    struct Bare(Box<[AtomicU64]>);
+
+    // SAFETY: the buffer is `len` bytes of atomics, 8-aligned, owned by the
+    // transport and never moved.
+    unsafe impl Transport for Bare {
+        fn base(&self) -> *mut u8 {
+            self.0.as_ptr() as *mut u8
+        }
+        fn len(&self) -> usize {
+            self.0.len() * 8
+        }
+        fn id(&self) -> u16 {
+            0
+        }
+        fn sleep_kind(&self) -> SleepKind {
+            SleepKind::Poll
+        }
+        fn ring(&self, _peer: u16) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn sleep(&self, _token: u32, _timeout: Option<Duration>) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "bare"
+        }
+    }
+
+    #[test]
+    fn a_region_without_the_group_header_is_refused() {
+        let bare = Bare((0..(1 << 17)).map(|_| AtomicU64::new(0)).collect());
+        let err = Shoal::open_transport(Box::new(bare)).unwrap_err();
+        assert!(
+            matches!(err, OpenError::Layout(LayoutError::Group(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_peer_id_outside_the_state_table_is_refused() {
+        let region = LocalRegion::new(1 << 20, 4).unwrap();
+        let err = Shoal::open_transport(Box::new(Local::new(region, 9))).unwrap_err();
+        assert!(matches!(err, OpenError::NotMember(9)), "{err:?}");
     }
 }

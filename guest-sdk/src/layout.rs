@@ -4,10 +4,13 @@
 //!
 //! ```text
 //! data_offset + 0      SDK header page (magic "SHOALSDK", version, geometry,
-//!                      heap lock, journal, size-class lists, wait counters)
+//!                      heap lock, journal, size-class lists, cache list,
+//!                      wait counters)
 //!             + 4096   named-object table (NAME_SLOTS × 64 bytes)
 //!             + 8192   wait table (max_peers × WAIT_ENTRY bytes, page rounded)
 //!   desc_off           page descriptors (heap pages × 64 bytes, page rounded)
+//!   states_off         object states (heap pages × 256 bytes, page rounded):
+//!                      one byte per slab object (free, held, cached)
 //!   heap_off           heap pages (4 KiB each) up to the end of the region
 //! ```
 //!
@@ -27,7 +30,7 @@ use thiserror::Error;
 /// `"SHOALSDK"` as a little-endian u64.
 pub const SDK_MAGIC: u64 = u64::from_le_bytes(*b"SHOALSDK");
 /// Version of the SDK layout.
-pub const SDK_VERSION: u32 = 1;
+pub const SDK_VERSION: u32 = 2;
 /// Heap page size.
 pub const PAGE: u64 = 4096;
 /// Named-object slots.
@@ -42,8 +45,10 @@ pub const WAIT_BUCKETS: u64 = 64;
 pub const WAIT_ENTRY: u64 = 64 + 4 * WAIT_BUCKETS;
 /// Bytes per page descriptor.
 pub const DESC_SIZE: u64 = 64;
+/// Object-state bytes per heap page (one per object of the smallest class).
+pub const STATE_BYTES: u64 = 256;
 /// Journal capacity (undo records).
-pub const JOURNAL_CAP: u64 = 128;
+pub const JOURNAL_CAP: u64 = 192;
 /// Size-class list heads in the header.
 pub const CLASS_SLOTS: u64 = 32;
 
@@ -63,6 +68,9 @@ pub(crate) const H_STAMP: u64 = 64;
 pub(crate) const H_FREE_HEAD: u64 = 68;
 pub(crate) const H_FREE_PAGES: u64 = 72;
 pub(crate) const H_RECOVERIES: u64 = 76;
+pub(crate) const H_STATES: u64 = 80;
+/// Head of the list of thread-cache pages (page + 1; 0: empty).
+pub(crate) const H_CACHE_HEAD: u64 = 88;
 pub(crate) const H_CLASSES: u64 = 128;
 pub(crate) const H_FUTEX_SLEEPERS: u64 = 256;
 pub(crate) const H_BELL_SLEEPERS: u64 = 512;
@@ -122,6 +130,8 @@ pub struct Geometry {
     pub wait: u64,
     /// Page descriptors.
     pub desc: u64,
+    /// Object-state table.
+    pub states: u64,
     /// First heap page.
     pub heap: u64,
     /// Heap pages.
@@ -135,26 +145,29 @@ impl Geometry {
         let names = data_offset + PAGE;
         let wait = names + round(NAME_SLOTS * NAME_SLOT_SIZE);
         let desc = wait + round(u64::from(max_peers) * WAIT_ENTRY);
-        // Largest page count p with round(p * DESC_SIZE) + p * PAGE <= avail.
+        // Largest page count p whose descriptors, states and pages fit.
         let avail = len.saturating_sub(desc);
-        let mut pages = avail / (PAGE + DESC_SIZE);
-        while pages > 0 && round(pages * DESC_SIZE) + pages * PAGE > avail {
+        let need = |p: u64| round(p * DESC_SIZE) + round(p * STATE_BYTES) + p * PAGE;
+        let mut pages = avail / (PAGE + DESC_SIZE + STATE_BYTES);
+        while pages > 0 && need(pages) > avail {
             pages -= 1;
         }
         if pages == 0 {
             return Err(LayoutError::TooSmall {
-                needed: desc + 2 * PAGE,
+                needed: desc + 3 * PAGE,
                 len,
             });
         }
         let pages = pages.min(u64::from(u32::MAX - 1)) as u32;
+        let states = desc + round(u64::from(pages) * DESC_SIZE);
         Ok(Self {
             header: data_offset,
             max_peers,
             names,
             wait,
             desc,
-            heap: desc + round(u64::from(pages) * DESC_SIZE),
+            states,
+            heap: states + round(u64::from(pages) * STATE_BYTES),
             pages,
         })
     }
@@ -178,6 +191,7 @@ impl Geometry {
         put64(H_NAMES, self.names)?;
         put64(H_WAIT, self.wait)?;
         put64(H_DESC, self.desc)?;
+        put64(H_STATES, self.states)?;
         put64(H_HEAP, self.heap)
     }
 
@@ -198,6 +212,7 @@ impl Geometry {
             (get64(H_NAMES)?, self.names, "name table"),
             (get64(H_WAIT)?, self.wait, "wait table"),
             (get64(H_DESC)?, self.desc, "descriptors"),
+            (get64(H_STATES)?, self.states, "object states"),
             (get64(H_HEAP)?, self.heap, "heap"),
         ];
         for (got, want, what) in checks {
@@ -272,9 +287,12 @@ mod tests {
         assert_eq!(geo.names, 8192);
         assert_eq!(geo.wait, 12288);
         assert_eq!(geo.desc, 12288 + 20480);
+        assert_eq!(geo.states % PAGE, 0);
+        assert!(geo.states >= geo.desc + u64::from(geo.pages) * DESC_SIZE);
+        assert!(geo.heap >= geo.states + u64::from(geo.pages) * STATE_BYTES);
         assert_eq!(geo.heap % PAGE, 0);
         assert!(geo.heap + u64::from(geo.pages) * PAGE <= 1 << 20);
-        assert!(geo.pages >= 240, "pages {}", geo.pages);
+        assert!(geo.pages >= 225, "pages {}", geo.pages);
     }
 
     #[test]
@@ -283,7 +301,10 @@ mod tests {
             let geo = Geometry::compute(len, 4096, 16).unwrap();
             let end = geo.heap + u64::from(geo.pages) * PAGE;
             assert!(end <= len);
-            assert!(len - end < 2 * PAGE + DESC_SIZE, "len {len} end {end}");
+            assert!(
+                len - end < 3 * PAGE + DESC_SIZE + STATE_BYTES,
+                "len {len} end {end}"
+            );
         }
     }
 

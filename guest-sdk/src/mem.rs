@@ -6,7 +6,7 @@
 //! bytes: metadata is read and written through atomics obtained here, and
 //! every offset is checked against the mapping first.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 use thiserror::Error;
 
 /// Access errors.
@@ -77,6 +77,14 @@ impl Mem {
         // SAFETY: offset + len <= self.len (checked), so the result stays
         // inside the mapping.
         Ok(unsafe { self.base.add(offset as usize) })
+    }
+
+    /// The byte at `offset`, as an atomic.
+    pub(crate) fn u8(&self, offset: u64) -> Result<&AtomicU8, MemError> {
+        let ptr = self.ptr(offset, 1, 1)?;
+        // SAFETY: in bounds (checked); atomics accept any bit pattern and
+        // concurrent modification; the mapping outlives self.
+        Ok(unsafe { &*(ptr as *const AtomicU8) })
     }
 
     /// The 32-bit atomic at `offset`.

@@ -65,7 +65,57 @@ fn child() {
                 let _ = w.join();
             }
         }
+        "cached" => cached_role(&s),
         other => panic!("unknown role {other}"),
+    }
+}
+
+const CACHED_THREADS: u64 = 3;
+const SLOTS: u64 = 64;
+
+/// Small allocations and frees only (all through the thread caches); each
+/// thread records the blocks it holds in the shared "records" array, the
+/// record cleared before the free and written after the allocation.
+fn cached_role(s: &Shoal) {
+    let (records, _) = s
+        .find_or_create("records", 8 * CACHED_THREADS * SLOTS)
+        .unwrap();
+    let (flag, _) = s.find_or_create("started", 64).unwrap();
+    let workers: Vec<_> = (0..CACHED_THREADS)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let slots = s
+                    .slice(
+                        ShmPtr::<AtomicU64>::from_offset(records.offset() + 8 * t * SLOTS),
+                        SLOTS as usize,
+                    )
+                    .unwrap();
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+                loop {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let slot = &slots[(x % SLOTS) as usize];
+                    match slot.load(Ordering::SeqCst) {
+                        0 => {
+                            let p = s.alloc(1 + (x >> 8) % 2048).unwrap();
+                            slot.store(p.offset(), Ordering::SeqCst);
+                        }
+                        held => {
+                            slot.store(0, Ordering::SeqCst);
+                            s.free(ShmPtr::<u8>::from_offset(held)).unwrap();
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    s.get(flag.cast::<AtomicU64>())
+        .unwrap()
+        .store(u64::from(s.id()) + 1, Ordering::SeqCst);
+    for w in workers {
+        let _ = w.join();
     }
 }
 
@@ -138,6 +188,91 @@ fn kill_during_allocation_leaves_the_heap_consistent() {
     let report = s.check_heap(&[]).unwrap();
     assert!(report.is_consistent(), "{:#?}", report.errors);
     assert!(report.dead_owned.is_empty());
+}
+
+#[test]
+fn kill_during_cached_operations_loses_and_doubles_no_block() {
+    let server = TestServer::start("cachekill");
+    let s = server.open();
+    for round in 0..4u64 {
+        let (flag, _) = s.find_or_create("started", 64).unwrap();
+        let flag = s.get(flag.cast::<AtomicU64>()).unwrap();
+        flag.store(0, Ordering::SeqCst);
+        let (records, _) = s
+            .find_or_create("records", 8 * CACHED_THREADS * SLOTS)
+            .unwrap();
+        let records = s
+            .slice(
+                records.cast::<AtomicU64>(),
+                (CACHED_THREADS * SLOTS) as usize,
+            )
+            .unwrap();
+        for r in records {
+            r.store(0, Ordering::SeqCst);
+        }
+        let recoveries = s.recoveries();
+        let mut child = server.spawn(TEST, "cached", "");
+        wait_until(10, "the child to start", || {
+            flag.load(Ordering::SeqCst) != 0
+        });
+        let id = (flag.load(Ordering::SeqCst) - 1) as u16;
+        std::thread::sleep(Duration::from_millis(20 + 15 * round));
+        kill9(&mut child);
+        wait_until(10, "the server to see the death", || !s.peer_alive(id));
+        // Every block the child recorded is still allocated to it; at most
+        // one per thread was allocated and not yet recorded (or unrecorded
+        // and not yet freed) when it died.
+        let recorded: Vec<u64> = records
+            .iter()
+            .map(|r| r.load(Ordering::SeqCst))
+            .filter(|&o| o != 0)
+            .collect();
+        let report = s.check_heap(&recorded).unwrap();
+        assert!(
+            report.is_consistent(),
+            "round {round}: {:#?}",
+            report.errors
+        );
+        assert!(
+            report.leaks.len() as u64 <= CACHED_THREADS,
+            "round {round}: {} unrecorded blocks",
+            report.leaks.len()
+        );
+        eprintln!(
+            "round {round}: {} dead caches with {} blocks, {} recorded, {} unrecorded",
+            report.dead_caches,
+            report.cached,
+            recorded.len(),
+            report.leaks.len()
+        );
+        // The child's caches are there, or were already emptied when it died
+        // holding the heap lock and we took the lock over.
+        assert!(
+            report.dead_caches >= 1 || report.recoveries > recoveries,
+            "round {round}: no dead cache and no recovery"
+        );
+        // Their caches come back; nothing the child held is handed out.
+        s.reclaim_dead().unwrap();
+        let report = s.check_heap(&recorded).unwrap();
+        assert!(report.is_consistent(), "{:#?}", report.errors);
+        assert_eq!(report.dead_caches, 0);
+        let fresh: Vec<_> = (0..2000).map(|i| s.alloc(1 + i % 2048).unwrap()).collect();
+        for p in &fresh {
+            assert!(!recorded.contains(&p.offset()), "{p:?} handed out twice");
+        }
+        for p in fresh {
+            s.free(p).unwrap();
+        }
+        for &o in &recorded {
+            s.free(ShmPtr::<u8>::from_offset(o)).unwrap();
+        }
+        for o in s.check_heap(&[]).unwrap().leaks {
+            s.free(ShmPtr::<u8>::from_offset(o)).unwrap();
+        }
+    }
+    let report = s.check_heap(&[]).unwrap();
+    assert!(report.is_consistent(), "{:#?}", report.errors);
+    assert!(report.leaks.is_empty(), "{:?}", report.leaks);
 }
 
 #[test]

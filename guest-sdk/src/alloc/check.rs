@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The heap checker: walks every page descriptor, the free list, the class
-//! lists and the name table, and reports what does not add up.
+//! The heap checker: walks every page descriptor and object state, the free
+//! list, the class lists, the thread caches and the name table, and reports
+//! what does not add up.
 
+use super::cache_check::{self, Cached};
 use super::heap::{
-    self, Heap, CLASSES, D_BITMAP, D_FLAGS, D_KIND, D_LEN, D_NEXT, D_OWNER, D_PREV, D_USED, F_NAMED,
+    self, Heap, CLASSES, D_BITMAP, D_FLAGS, D_KIND, D_LEN, D_NEXT, D_OWNER, D_PREV, D_USED,
+    F_CACHE, F_NAMED, S_CACHED, S_FREE, S_HELD,
 };
 use super::journal::Tx;
 use super::{names, AllocError};
-use crate::layout::{H_CLASSES, H_FREE_HEAD, H_FREE_PAGES, PAGE};
+use crate::layout::{H_CACHE_HEAD, H_CLASSES, H_FREE_HEAD, H_FREE_PAGES, PAGE, STATE_BYTES};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the checker found.
@@ -19,12 +22,22 @@ pub struct HeapReport {
     pub free_pages: u32,
     /// Free runs.
     pub free_runs: u32,
-    /// Live large blocks.
+    /// Live large blocks (thread-cache pages not counted).
     pub large_blocks: u32,
     /// Slab pages.
     pub slab_pages: u32,
-    /// Live slab objects.
+    /// Slab objects held by programs.
     pub objects: u64,
+    /// Slab objects in thread caches (free for their threads to reuse).
+    pub cached: u64,
+    /// Thread caches (one page each).
+    pub caches: u32,
+    /// Thread caches of dead peers (emptied when memory runs out, when a
+    /// peer opens the region, and by [`crate::Shoal::reclaim_dead`]).
+    pub dead_caches: u32,
+    /// Caches of live peers that kept changing while the checker walked
+    /// the heap: their contents were not cross-checked this time.
+    pub busy_caches: u32,
     /// Bytes in live blocks (usable sizes).
     pub allocated_bytes: u64,
     /// Named objects.
@@ -47,21 +60,60 @@ impl HeapReport {
     }
 }
 
+/// Walks the heap. The caller holds the heap lock, so only the threads of
+/// live peers change their caches meanwhile: the walk is repeated (a few
+/// times) until none of them did, else their contents go unchecked.
 pub(crate) fn walk(
     tx: &mut Tx<'_>,
     live: &[u64],
     alive: &dyn Fn(u32) -> bool,
 ) -> Result<HeapReport, AllocError> {
+    let mut tries = 0;
+    loop {
+        let before = cache_check::sequences(tx, alive)?;
+        let (mut r, cache_errors) = walk_once(tx, live, alive)?;
+        let busy = cache_check::changed(tx, &before)?;
+        if busy == 0 || tries == 2 {
+            if busy == 0 {
+                r.errors.extend(cache_errors);
+            }
+            r.busy_caches = busy;
+            return Ok(r);
+        }
+        tries += 1;
+    }
+}
+
+/// Everything a page walk collects.
+#[derive(Default)]
+struct Walked {
+    /// Held blocks: offset → usable size.
+    blocks: BTreeMap<u64, u64>,
+    /// Objects in cached state.
+    cached: Cached,
+    /// Cache pages (page index) and their owners.
+    cache_pages: BTreeMap<u32, u32>,
+    /// Large blocks flagged as named objects.
+    flagged: BTreeSet<u64>,
+    free_heads: BTreeSet<u32>,
+    slabs: BTreeSet<u32>,
+    partial: BTreeSet<(usize, u32)>,
+}
+
+/// One walk; returns the report and, separately, the cache-content errors
+/// (only valid if no live cache changed meanwhile).
+fn walk_once(
+    tx: &mut Tx<'_>,
+    live: &[u64],
+    alive: &dyn Fn(u32) -> bool,
+) -> Result<(HeapReport, Vec<String>), AllocError> {
     let geo = *tx.geo;
     let mut r = HeapReport {
         pages: geo.pages,
         ..HeapReport::default()
     };
     let h = Heap { tx };
-    let mut blocks: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut flagged = BTreeSet::new();
-    let mut free_heads = BTreeSet::new();
-    let mut partial: BTreeSet<(usize, u32)> = BTreeSet::new();
+    let mut w = Walked::default();
     let mut p = 0u32;
     let mut prev_free = false;
     while p < geo.pages {
@@ -76,7 +128,7 @@ pub(crate) fn walk(
                     }
                     r.free_pages += len;
                     r.free_runs += 1;
-                    free_heads.insert(p);
+                    w.free_heads.insert(p);
                     step = len;
                     is_free = true;
                 }
@@ -84,18 +136,27 @@ pub(crate) fn walk(
             },
             heap::K_LARGE => match h.span_at(p, heap::K_LARGE)? {
                 Some(n) => {
-                    blocks.insert(h.page_offset(p), u64::from(n) * PAGE);
-                    if h.get(p, D_FLAGS)? & F_NAMED != 0 {
-                        flagged.insert(h.page_offset(p));
-                    } else if !alive(h.get(p, D_OWNER)?) {
-                        r.dead_owned.push(h.page_offset(p));
+                    let flags = h.get(p, D_FLAGS)?;
+                    let off = h.page_offset(p);
+                    if flags & F_CACHE != 0 {
+                        if n != 1 || flags & F_NAMED != 0 {
+                            r.errors.push(format!("page {p}: malformed cache page"));
+                        }
+                        w.cache_pages.insert(p, h.get(p, D_OWNER)?);
+                    } else {
+                        w.blocks.insert(off, u64::from(n) * PAGE);
+                        if flags & F_NAMED != 0 {
+                            w.flagged.insert(off);
+                        } else if !alive(h.get(p, D_OWNER)?) {
+                            r.dead_owned.push(off);
+                        }
+                        r.large_blocks += 1;
                     }
-                    r.large_blocks += 1;
                     step = n;
                 }
                 None => r.errors.push(format!("page {p}: broken large block")),
             },
-            heap::K_SLAB => check_slab(&h, p, &mut r, &mut blocks, &mut partial)?,
+            heap::K_SLAB => check_slab(&h, p, &mut r, &mut w)?,
             k => r
                 .errors
                 .push(format!("page {p}: kind {k} outside any block")),
@@ -103,30 +164,25 @@ pub(crate) fn walk(
         prev_free = is_free;
         p += step;
     }
-    // The free list holds exactly the free runs.
-    let mut seen = BTreeSet::new();
-    let mut link = h.tx.get32(geo.field(H_FREE_HEAD))?;
-    let mut prev = 0;
-    while link != 0 {
-        let page = link - 1;
-        if !free_heads.contains(&page) || !seen.insert(page) {
-            r.errors.push(format!(
-                "free list: page {page} is not a free run (or repeats)"
-            ));
-            break;
+    // Only slab pages have object states.
+    for p in (0..geo.pages).filter(|p| !w.slabs.contains(p)) {
+        let states = heap::state_offset(&geo, p, 0);
+        for i in 0..STATE_BYTES / 8 {
+            if h.tx.get64(states + 8 * i)? != 0 {
+                r.errors
+                    .push(format!("page {p}: object states set outside a slab"));
+                break;
+            }
         }
-        if h.get(page, D_PREV)? != prev {
-            r.errors
-                .push(format!("free list: bad back link at page {page}"));
-        }
-        prev = link;
-        link = h.get(page, D_NEXT)?;
     }
-    if seen.len() != free_heads.len() {
+    // The free list holds exactly the free runs, each class list exactly
+    // the non-full slabs of its class, the cache list exactly the caches.
+    let free_list = walk_list(&h, geo.field(H_FREE_HEAD), "free list", &mut r.errors)?;
+    if free_list != w.free_heads {
         r.errors.push(format!(
             "free list has {} runs, heap has {}",
-            seen.len(),
-            free_heads.len()
+            free_list.len(),
+            w.free_heads.len()
         ));
     }
     let counted = h.tx.get32(geo.field(H_FREE_PAGES))?;
@@ -136,51 +192,81 @@ pub(crate) fn walk(
             r.free_pages
         ));
     }
-    // Each class list holds exactly the non-full slabs of that class.
     for c in 0..CLASSES.len() {
-        let mut link = h.tx.get32(geo.field(H_CLASSES) + 4 * c as u64)?;
-        let mut prev = 0;
-        let mut n = 0;
-        while link != 0 {
-            let page = link - 1;
-            if !partial.remove(&(c, page)) {
-                r.errors.push(format!(
-                    "class {c} list: page {page} is not a partial slab of it"
-                ));
-                break;
-            }
-            if h.get(page, D_PREV)? != prev {
+        let what = format!("class {c} list");
+        let head = geo.field(H_CLASSES) + 4 * c as u64;
+        for page in walk_list(&h, head, &what, &mut r.errors)? {
+            if !w.partial.remove(&(c, page)) {
                 r.errors
-                    .push(format!("class {c} list: bad back link at page {page}"));
-            }
-            n += 1;
-            prev = link;
-            link = h.get(page, D_NEXT)?;
-            if n > geo.pages {
-                break;
+                    .push(format!("{what}: page {page} is not a partial slab of it"));
             }
         }
     }
-    for (c, page) in partial {
+    for (c, page) in &w.partial {
         r.errors.push(format!(
             "page {page}: partial slab missing from class {c} list"
         ));
     }
-    // Names point at live blocks big enough.
+    let cache_list = walk_list(&h, geo.field(H_CACHE_HEAD), "cache list", &mut r.errors)?;
+    if cache_list.iter().ne(w.cache_pages.keys()) {
+        r.errors.push(format!(
+            "cache list has {} pages, heap has {}",
+            cache_list.len(),
+            w.cache_pages.len()
+        ));
+    }
+    let cache_errors = cache_check::check(&h, &w.cache_pages, &w.cached, &w.blocks, alive, &mut r)?;
+    r.cached = w.cached.len() as u64;
+    check_names_and_live(&h, live, &w, &mut r)?;
+    Ok((r, cache_errors))
+}
+
+/// Follows a list through the descriptors' links; returns its pages
+/// (reporting cycles, bad back links and pages out of range).
+fn walk_list(
+    h: &Heap<'_, '_>,
+    head: u64,
+    what: &str,
+    errors: &mut Vec<String>,
+) -> Result<BTreeSet<u32>, AllocError> {
+    let mut seen = BTreeSet::new();
+    let mut link = h.tx.get32(head)?;
+    let mut prev = 0;
+    while link != 0 {
+        let page = link - 1;
+        if page >= h.tx.geo.pages || !seen.insert(page) {
+            errors.push(format!("{what}: page {page} is out of range or repeats"));
+            break;
+        }
+        if h.get(page, D_PREV)? != prev {
+            errors.push(format!("{what}: bad back link at page {page}"));
+        }
+        prev = link;
+        link = h.get(page, D_NEXT)?;
+    }
+    Ok(seen)
+}
+
+fn check_names_and_live(
+    h: &Heap<'_, '_>,
+    live: &[u64],
+    w: &Walked,
+    r: &mut HeapReport,
+) -> Result<(), AllocError> {
     let named = names::all(h.tx)?;
     r.named = named.len() as u32;
     let named_offsets: BTreeSet<u64> = named.iter().map(|e| e.offset).collect();
     for e in &named {
-        match blocks.get(&e.offset) {
-            Some(&size) if size >= e.size => {}
+        match w.blocks.get(&e.offset) {
+            Some(&size) if size >= e.size && w.flagged.contains(&e.offset) => {}
             _ => r
                 .errors
-                .push(format!("name slot {} points at no block", e.slot)),
+                .push(format!("name slot {} points at no named block", e.slot)),
         }
     }
     let live_set: BTreeSet<u64> = live.iter().copied().collect();
     for &off in &live_set {
-        if !blocks.contains_key(&off) {
+        if !w.blocks.contains_key(&off) {
             r.errors
                 .push(format!("live offset {off:#x} is not allocated"));
         }
@@ -188,21 +274,21 @@ pub(crate) fn walk(
     if live_set.len() != live.len() {
         r.errors.push("a live offset is listed twice".into());
     }
-    r.allocated_bytes = blocks.values().sum();
-    r.leaks = blocks
+    r.allocated_bytes = w.blocks.values().sum();
+    r.leaks = w
+        .blocks
         .keys()
         .filter(|o| !live_set.contains(o) && !named_offsets.contains(o))
         .copied()
         .collect();
-    Ok(r)
+    Ok(())
 }
 
 fn check_slab(
     h: &Heap<'_, '_>,
     p: u32,
     r: &mut HeapReport,
-    blocks: &mut BTreeMap<u64, u64>,
-    partial: &mut BTreeSet<(usize, u32)>,
+    w: &mut Walked,
 ) -> Result<(), AllocError> {
     let c = h.get(p, D_LEN)? as usize;
     let Some(&size) = CLASSES.get(c) else {
@@ -210,22 +296,31 @@ fn check_slab(
             .push(format!("page {p}: slab of unknown class {c}"));
         return Ok(());
     };
+    w.slabs.insert(p);
     let cap = heap::per_page(c);
-    let mut count = 0;
-    for w in 0..4u32 {
-        let bits = h.tx.get64(h.d(p, D_BITMAP + 8 * u64::from(w)))?;
-        for b in 0..64 {
-            if bits & (1 << b) == 0 {
-                continue;
+    let (mut count, mut held) = (0, 0);
+    for i in 0..STATE_BYTES as u32 {
+        let word = h.tx.get64(h.d(p, D_BITMAP + 8 * u64::from(i / 64)))?;
+        let bit = word & (1 << (i % 64)) != 0;
+        let state = h.state(p, i)?;
+        let off = h.page_offset(p) + u64::from(i * size);
+        match (i < cap, bit, state) {
+            (_, false, S_FREE) => {}
+            (true, true, S_HELD) => {
+                w.blocks.insert(off, u64::from(size));
+                held += 1;
             }
-            let i = w * 64 + b;
-            if i >= cap {
-                r.errors.push(format!("page {p}: bit {i} beyond the slab"));
-                continue;
+            (true, true, S_CACHED) => {
+                w.cached.insert(off, c);
             }
-            count += 1;
-            blocks.insert(h.page_offset(p) + u64::from(i * size), u64::from(size));
+            (false, _, _) => r
+                .errors
+                .push(format!("page {p}: object {i} beyond the slab is in use")),
+            (true, _, _) => r.errors.push(format!(
+                "page {p}: object {i} has bitmap bit {bit} but state {state}"
+            )),
         }
+        count += u32::from(bit);
     }
     let used = h.get(p, D_USED)?;
     if used != count {
@@ -233,9 +328,9 @@ fn check_slab(
             .push(format!("page {p}: slab says {used} used, bitmap {count}"));
     }
     if count < cap {
-        partial.insert((c, p));
+        w.partial.insert((c, p));
     }
     r.slab_pages += 1;
-    r.objects += u64::from(count);
+    r.objects += held;
     Ok(())
 }

@@ -12,9 +12,17 @@
 //! 16 used   u32  objects in use (slab)
 //! 20 stamp  u32  unique per run/block: first and last page carry the same
 //! 24 owner  u32  owner tag of the allocating peer (large blocks)
-//! 28 flags  u32  large blocks: bit 0 = named object (only freed by name)
+//! 28 flags  u32  large blocks: bit 0 = named object (only freed by name),
+//!                bit 1 = a thread-cache page (see `cache`)
 //! 32 bitmap 4 × u64, one bit per slab object
 //! ```
+//!
+//! Each page also has 256 state bytes in the object-state table, one per
+//! slab object: free (bit clear), held by the program, or cached (in a
+//! thread cache, see `cache`). A bitmap bit is set exactly when the
+//! object's state is not free; the states are what tells a program's block
+//! from a cached one, so a double free is refused even when the first free
+//! only put the block in a cache.
 //!
 //! Free runs are kept coalesced in one doubly linked list; allocation is
 //! first fit, carved from the end of a run. A run or block is recognised
@@ -27,6 +35,7 @@ use super::journal::Tx;
 use super::AllocError;
 use crate::layout::{
     Geometry, CLASS_SLOTS, DESC_SIZE, H_CLASSES, H_FREE_HEAD, H_FREE_PAGES, H_STAMP, PAGE,
+    STATE_BYTES,
 };
 use crate::mem::{Mem, MemError};
 use std::sync::atomic::Ordering;
@@ -46,6 +55,36 @@ pub(crate) const D_OWNER: u64 = 24;
 pub(crate) const D_FLAGS: u64 = 28;
 /// Flag: the large block is a named object.
 pub(crate) const F_NAMED: u32 = 1;
+/// Flag: the one-page large block is a thread cache.
+pub(crate) const F_CACHE: u32 = 2;
+
+/// Object state: free in its slab.
+pub(crate) const S_FREE: u8 = 0;
+/// Object state: handed to the program.
+pub(crate) const S_HELD: u8 = 1;
+/// Object state: in a thread cache.
+pub(crate) const S_CACHED: u8 = 2;
+
+/// What a large block is used for (a free must match it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// An ordinary block (or a small object).
+    Plain,
+    /// A named object.
+    Named,
+    /// A thread-cache page.
+    Cache,
+}
+
+impl Use {
+    fn flags(self) -> u32 {
+        match self {
+            Self::Plain => 0,
+            Self::Named => F_NAMED,
+            Self::Cache => F_CACHE,
+        }
+    }
+}
 pub(crate) const D_BITMAP: u64 = 32;
 
 /// Object sizes of the slab classes.
@@ -57,17 +96,84 @@ const _: () = assert!(CLASSES.len() as u64 <= CLASS_SLOTS);
 /// Largest request served from a slab.
 pub const MAX_SMALL: u64 = 2048;
 
+/// Class of each request size in 16-byte steps (index `(size + 15) / 16`).
+const CLASS_BY_STEP: [u8; (MAX_SMALL / 16 + 1) as usize] = {
+    let mut table = [0u8; (MAX_SMALL / 16 + 1) as usize];
+    let mut step = 0;
+    let mut c = 0;
+    while step < table.len() {
+        while (CLASSES[c] as usize) < step * 16 {
+            c += 1;
+        }
+        table[step] = c as u8;
+        step += 1;
+    }
+    table
+};
+
 /// The class for a request of `size` bytes (`size <= MAX_SMALL`).
 pub(crate) fn class_of(size: u64) -> usize {
-    CLASSES
-        .iter()
-        .position(|&c| u64::from(c) >= size)
-        .unwrap_or(CLASSES.len() - 1)
+    let step = (size.min(MAX_SMALL) as usize).div_ceil(16);
+    CLASS_BY_STEP
+        .get(step)
+        .map_or(CLASSES.len() - 1, |&c| usize::from(c))
+}
+
+/// Region offset of the state byte of object `index` of heap page `page`.
+#[inline]
+pub(crate) fn state_offset(geo: &Geometry, page: u32, index: u32) -> u64 {
+    geo.states + u64::from(page) * STATE_BYTES + u64::from(index)
+}
+
+/// Whether `off` lies in a thread-cache page (a one-page large block
+/// flagged as a cache), read without the heap lock.
+pub(crate) fn is_cache_page(mem: &Mem, geo: &Geometry, off: u64) -> bool {
+    let end = geo.heap + u64::from(geo.pages) * PAGE;
+    if off < geo.heap || off >= end {
+        return false;
+    }
+    let page = (off - geo.heap) / PAGE;
+    let d = |f: u64| {
+        mem.u32(geo.desc + page * DESC_SIZE + f)
+            .map_or(0, |w| w.load(Ordering::Acquire))
+    };
+    d(D_KIND) == K_LARGE && d(D_LEN) == 1 && d(D_FLAGS) & F_CACHE != 0
 }
 
 /// Objects per slab page of class `c`.
 pub(crate) fn per_page(c: usize) -> u32 {
-    CLASSES.get(c).map_or(0, |&size| (PAGE as u32) / size)
+    PER_PAGE.get(c).copied().unwrap_or(0)
+}
+
+const PER_PAGE: [u32; CLASSES.len()] = {
+    let mut n = [0u32; CLASSES.len()];
+    let mut c = 0;
+    while c < n.len() {
+        n[c] = PAGE as u32 / CLASSES[c];
+        c += 1;
+    }
+    n
+};
+
+/// `ceil(2^32 / size)` per class: `(x * RECIP[c]) >> 32 == x / size` for
+/// every `x` below a page (the fast paths divide without `div`).
+const RECIP: [u64; CLASSES.len()] = {
+    let mut r = [0u64; CLASSES.len()];
+    let mut c = 0;
+    while c < r.len() {
+        r[c] = (1u64 << 32).div_ceil(CLASSES[c] as u64);
+        c += 1;
+    }
+    r
+};
+
+/// The object index of byte `within` (below a page) of a class-`c` slab,
+/// if an object starts there.
+#[inline]
+pub(crate) fn object_at(c: usize, within: u32) -> Option<u32> {
+    let (&size, &recip) = (CLASSES.get(c)?, RECIP.get(c)?);
+    let index = ((u64::from(within) * recip) >> 32) as u32;
+    (index * size == within && index < per_page(c)).then_some(index)
 }
 
 /// Writes the initial heap metadata: one free run over all pages.
@@ -113,6 +219,16 @@ impl Heap<'_, '_> {
         self.geo().heap + u64::from(page) * PAGE
     }
 
+    /// State of object `index` of slab page `page`.
+    pub(crate) fn state(&self, page: u32, index: u32) -> Result<u8, AllocError> {
+        self.tx.get8(state_offset(self.geo(), page, index))
+    }
+
+    fn set_state(&mut self, page: u32, index: u32, v: u8) -> Result<(), AllocError> {
+        let off = state_offset(self.geo(), page, index);
+        self.tx.set8(off, v)
+    }
+
     fn new_stamp(&mut self) -> Result<u32, AllocError> {
         let at = self.geo().field(H_STAMP);
         let s = self.tx.get32(at)?.wrapping_add(1).max(1);
@@ -126,7 +242,7 @@ impl Heap<'_, '_> {
 
     // ---- lists (free list and class lists share the link fields) ----
 
-    fn push(&mut self, head_at: u64, page: u32) -> Result<(), AllocError> {
+    pub(crate) fn push(&mut self, head_at: u64, page: u32) -> Result<(), AllocError> {
         let old = self.tx.get32(head_at)?;
         self.set(page, D_NEXT, old)?;
         self.set(page, D_PREV, 0)?;
@@ -136,7 +252,7 @@ impl Heap<'_, '_> {
         self.tx.set32(head_at, page + 1)
     }
 
-    fn unlink(&mut self, head_at: u64, page: u32) -> Result<(), AllocError> {
+    pub(crate) fn unlink(&mut self, head_at: u64, page: u32) -> Result<(), AllocError> {
         let next = self.get(page, D_NEXT)?;
         let prev = self.get(page, D_PREV)?;
         if prev == 0 {
@@ -290,8 +406,14 @@ impl Heap<'_, '_> {
         Ok(self.page_offset(start))
     }
 
-    /// Allocates one object of class `c`; returns its offset.
+    /// Allocates one object of class `c` for the program; returns its offset.
     pub(crate) fn alloc_small(&mut self, c: usize) -> Result<u64, AllocError> {
+        self.take_object(c, S_HELD)
+    }
+
+    /// Takes one free object of class `c` out of its slabs, leaving it in
+    /// `state` (held or cached); returns its offset.
+    pub(crate) fn take_object(&mut self, c: usize, state: u8) -> Result<u64, AllocError> {
         let head_at = self.header(H_CLASSES) + 4 * c as u64;
         let cap = per_page(c);
         let link = self.tx.get32(head_at)?;
@@ -331,6 +453,10 @@ impl Heap<'_, '_> {
             }
         }
         let index = index.ok_or(AllocError::Corrupt("full slab on class list"))?;
+        if self.state(page, index)? != S_FREE {
+            return Err(AllocError::Corrupt("free object not in free state"));
+        }
+        self.set_state(page, index, state)?;
         let used = self.get(page, D_USED)? + 1;
         self.set(page, D_USED, used)?;
         if used >= cap {
@@ -339,27 +465,32 @@ impl Heap<'_, '_> {
         Ok(self.page_offset(page) + u64::from(index) * u64::from(CLASSES[c]))
     }
 
-    /// Marks the large block at `off` as a named object.
-    pub(crate) fn set_named(&mut self, off: u64) -> Result<(), AllocError> {
+    /// Marks the large block at `off` as used for `what`.
+    pub(crate) fn set_use(&mut self, off: u64, what: Use) -> Result<(), AllocError> {
         let (page, _) = self.locate(off)?;
-        self.set(page, D_FLAGS, F_NAMED)
+        self.set(page, D_FLAGS, what.flags())
     }
 
-    /// Frees the block at `off` (a named object only if `named`); returns
-    /// its usable size.
-    pub(crate) fn free(&mut self, off: u64, named: bool) -> Result<u64, AllocError> {
+    /// Frees the block at `off`, which must be used for `what`; returns its
+    /// usable size. A program's free of a named object or a cache page is
+    /// refused.
+    pub(crate) fn free(&mut self, off: u64, what: Use) -> Result<u64, AllocError> {
         let (page, within) = self.locate(off)?;
         match self.get(page, D_KIND)? {
-            K_SLAB if !named => self.free_small(page, within, off),
+            K_SLAB if what == Use::Plain => self.put_object(page, within, off, S_HELD),
             K_LARGE if within == 0 => {
                 let n = self
                     .span_at(page, K_LARGE)?
                     .ok_or(AllocError::NotAllocated(off))?;
-                if (self.get(page, D_FLAGS)? & F_NAMED != 0) != named {
-                    return Err(if named {
-                        AllocError::Corrupt("name points at an unnamed block")
-                    } else {
-                        AllocError::Named(off)
+                let flags = self.get(page, D_FLAGS)?;
+                if flags & F_CACHE != 0 && what != Use::Cache {
+                    return Err(AllocError::Foreign(off));
+                }
+                if flags & (F_NAMED | F_CACHE) != what.flags() {
+                    return Err(match what {
+                        Use::Named => AllocError::Corrupt("name points at an unnamed block"),
+                        Use::Cache => AllocError::Corrupt("cache list entry is not a cache"),
+                        Use::Plain => AllocError::Named(off),
                     });
                 }
                 self.set(page, D_OWNER, 0)?;
@@ -388,23 +519,29 @@ impl Heap<'_, '_> {
         match self.get(page, D_KIND)? {
             K_SLAB => {
                 let (c, index) = self.slab_index(page, within, off)?;
-                let bits = self
-                    .tx
-                    .get64(self.d(page, D_BITMAP + 8 * u64::from(index / 64)))?;
-                if bits & (1 << (index % 64)) == 0 {
+                if self.state(page, index)? != S_HELD {
                     return Err(AllocError::NotAllocated(off));
                 }
                 Ok(u64::from(CLASSES[c]))
             }
-            K_LARGE if within == 0 => self
-                .span_at(page, K_LARGE)?
-                .map(|n| u64::from(n) * PAGE)
-                .ok_or(AllocError::NotAllocated(off)),
+            K_LARGE if within == 0 => {
+                if self.get(page, D_FLAGS)? & F_CACHE != 0 {
+                    return Err(AllocError::Foreign(off));
+                }
+                self.span_at(page, K_LARGE)?
+                    .map(|n| u64::from(n) * PAGE)
+                    .ok_or(AllocError::NotAllocated(off))
+            }
             _ => Err(AllocError::NotAllocated(off)),
         }
     }
 
-    fn slab_index(&self, page: u32, within: u64, off: u64) -> Result<(usize, u32), AllocError> {
+    pub(crate) fn slab_index(
+        &self,
+        page: u32,
+        within: u64,
+        off: u64,
+    ) -> Result<(usize, u32), AllocError> {
         let c = self.get(page, D_LEN)? as usize;
         let size = u64::from(*CLASSES.get(c).ok_or(AllocError::Corrupt("slab class"))?);
         if within % size != 0 || within / size >= u64::from(per_page(c)) {
@@ -413,14 +550,27 @@ impl Heap<'_, '_> {
         Ok((c, (within / size) as u32))
     }
 
-    fn free_small(&mut self, page: u32, within: u64, off: u64) -> Result<u64, AllocError> {
+    /// Returns the slab object at `off` (page `page`, `within` bytes in),
+    /// which must be in `state` (held by the program, or cached), to its
+    /// slab; returns its size.
+    pub(crate) fn put_object(
+        &mut self,
+        page: u32,
+        within: u64,
+        off: u64,
+        state: u8,
+    ) -> Result<u64, AllocError> {
         let (c, index) = self.slab_index(page, within, off)?;
         let word = self.d(page, D_BITMAP + 8 * u64::from(index / 64));
         let bits = self.tx.get64(word)?;
         let bit = 1u64 << (index % 64);
-        if bits & bit == 0 {
+        if self.state(page, index)? != state {
             return Err(AllocError::NotAllocated(off));
         }
+        if bits & bit == 0 {
+            return Err(AllocError::Corrupt("allocated object not in the bitmap"));
+        }
+        self.set_state(page, index, S_FREE)?;
         self.tx.set64(word, bits & !bit)?;
         let cap = per_page(c);
         let used = self.get(page, D_USED)?;

@@ -1,21 +1,31 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The shared allocator: offsets not pointers, size classes plus large
-//! blocks, named objects, one robust heap lock with an undo journal, and a
-//! heap checker.
+//! blocks, named objects, per-thread caches of small objects, one robust
+//! heap lock with an undo journal, and a heap checker.
 //!
-//! Every operation takes the heap lock (a robust [`crate::sync::Mutex`]
-//! word in the SDK header), runs as one journaled transaction, commits and
-//! unlocks. A peer that finds the lock held by a dead peer takes it with
-//! owner-died and rolls the dead peer's transaction back first, so an
-//! allocation interrupted by `kill -9` is simply undone. Every offset handed
-//! in is validated against the page descriptors: double frees and foreign
-//! offsets are errors.
+//! Small allocations and frees go through the calling thread's cache, a
+//! page in the region (see `cache.rs`): no lock, a few plain stores in an
+//! order that a dead peer's cache can be reclaimed from. Everything else —
+//! refilling and flushing caches, large blocks, named objects — takes the
+//! heap lock (a robust [`crate::sync::Mutex`] word in the SDK header), runs
+//! as one journaled transaction, commits and unlocks. A peer that finds the
+//! lock held by a dead peer takes it with owner-died and rolls the dead
+//! peer's transaction back first, so an allocation interrupted by `kill -9`
+//! is simply undone; the caches of dead peers are emptied back into the
+//! heap then, when a peer opens the region, when memory runs out, and by
+//! [`Shoal::reclaim_dead`]. Every offset handed in is validated against the
+//! page descriptors and object states: double frees and foreign offsets are
+//! errors.
 
+pub(crate) mod cache;
+mod cache_check;
 pub mod check;
 pub mod fuzz;
 pub(crate) mod heap;
 pub(crate) mod journal;
 pub(crate) mod names;
+pub(crate) mod thread;
+mod view;
 
 pub use check::HeapReport;
 pub use heap::{CLASSES, MAX_SMALL};
@@ -26,10 +36,11 @@ use crate::mem::MemError;
 use crate::ptr::{Shared, ShmPtr};
 use crate::sync::mutex::{self, Locked};
 use crate::sync::SyncError;
-use heap::Heap;
+use heap::{Heap, Use};
 use journal::Tx;
 use names::Name;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Allocator errors.
@@ -93,8 +104,8 @@ struct HeapLock<'a> {
 }
 
 impl<'a> HeapLock<'a> {
-    fn take(cx: &'a Inner) -> Result<Self, AllocError> {
-        let how = mutex::lock(cx, cx.geo.field(H_LOCK), None)
+    fn take(cx: &'a Inner, timeout: Option<Duration>) -> Result<Self, AllocError> {
+        let how = mutex::lock(cx, cx.geo.field(H_LOCK), timeout)
             .map_err(|e| AllocError::Lock(Box::new(e)))?;
         let lock = Self { cx };
         let pending = cx
@@ -108,7 +119,66 @@ impl<'a> HeapLock<'a> {
                 .fetch_add(1, Ordering::Relaxed);
             log::warn!("shoal: recovered the heap from a dead holder ({undone} records undone)");
         }
+        if how == Locked::OwnerDied {
+            // The dead holder's thread caches go back to the heap too.
+            let mut tx = Tx::begin(&cx.mem, &cx.geo);
+            match cache::reclaim_dead(&mut tx, &|t| cx.peers.alive(t)) {
+                Ok(_) => tx.commit()?,
+                Err(_) => {
+                    tx.abort()?;
+                }
+            }
+        }
         Ok(lock)
+    }
+}
+
+impl Inner {
+    /// Runs `f` as one heap transaction under the heap lock, waiting at
+    /// most `timeout` for the lock (None: as long as it takes).
+    pub(crate) fn transact<T>(
+        &self,
+        timeout: Option<Duration>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, AllocError>,
+    ) -> Result<T, AllocError> {
+        let _lock = HeapLock::take(self, timeout)?;
+        let mut tx = Tx::begin(&self.mem, &self.geo);
+        match f(&mut tx) {
+            Ok(v) => {
+                tx.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                tx.abort()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// As [`Inner::transact`]; when `f` runs out of memory, empties the
+    /// caches of dead peers and, if there were any, runs `f` once more.
+    pub(crate) fn transact_reclaiming<T>(
+        &self,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T, AllocError>,
+    ) -> Result<T, AllocError> {
+        match self.transact(None, &mut f) {
+            Err(AllocError::OutOfMemory(n)) => {
+                if self.reclaim_dead_caches(None)? == 0 {
+                    return Err(AllocError::OutOfMemory(n));
+                }
+                self.transact(None, f)
+            }
+            other => other,
+        }
+    }
+
+    /// Empties and frees the thread caches of dead peers; returns how many.
+    pub(crate) fn reclaim_dead_caches(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<usize, AllocError> {
+        let peers = self.peers;
+        self.transact(timeout, |tx| cache::reclaim_dead(tx, &|t| peers.alive(t)))
     }
 }
 
@@ -124,19 +194,7 @@ impl Shoal {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, AllocError>,
     ) -> Result<T, AllocError> {
-        let cx = &*self.inner;
-        let _lock = HeapLock::take(cx)?;
-        let mut tx = Tx::begin(&cx.mem, &cx.geo);
-        match f(&mut tx) {
-            Ok(v) => {
-                tx.commit()?;
-                Ok(v)
-            }
-            Err(e) => {
-                tx.abort()?;
-                Err(e)
-            }
-        }
+        self.inner.transact(None, f)
     }
 
     fn alloc_in(tx: &mut Tx<'_>, size: u64, owner: u32, large: bool) -> Result<u64, AllocError> {
@@ -154,9 +212,29 @@ impl Shoal {
 
     /// Allocates `size` bytes (16-byte aligned; page aligned above
     /// [`MAX_SMALL`]). The contents are unspecified.
+    #[inline]
     pub fn alloc(&self, size: u64) -> Result<ShmPtr<u8>, AllocError> {
+        if size > 0 && size <= MAX_SMALL {
+            if let Some(off) = thread::alloc_fast(&self.inner, heap::class_of(size)) {
+                return Ok(ShmPtr::from_offset(off));
+            }
+        }
+        self.alloc_slow(size)
+    }
+
+    /// Everything but a small allocation from a non-empty cache.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, size: u64) -> Result<ShmPtr<u8>, AllocError> {
+        if size > 0 && size <= MAX_SMALL {
+            if let Some(off) = thread::alloc_small(&self.inner, heap::class_of(size))? {
+                return Ok(ShmPtr::from_offset(off));
+            }
+        }
         let owner = self.inner.tag;
-        let off = self.transact(|tx| Self::alloc_in(tx, size, owner, false))?;
+        let off = self
+            .inner
+            .transact_reclaiming(|tx| Self::alloc_in(tx, size, owner, false))?;
         Ok(ShmPtr::from_offset(off))
     }
 
@@ -180,9 +258,22 @@ impl Shoal {
 
     /// Frees a block from [`Shoal::alloc`]. Double frees, interior or foreign
     /// offsets and named objects are refused with an error.
+    #[inline]
     pub fn free<T>(&self, ptr: ShmPtr<T>) -> Result<(), AllocError> {
-        let off = ptr.offset();
-        self.transact(|tx| Heap { tx }.free(off, false).map(|_| ()))
+        if thread::free_fast(&self.inner, ptr.offset()) {
+            return Ok(());
+        }
+        self.free_slow(ptr.offset())
+    }
+
+    /// Everything but a small free into a cache with room.
+    #[cold]
+    #[inline(never)]
+    fn free_slow(&self, off: u64) -> Result<(), AllocError> {
+        if thread::free_small(&self.inner, off)? {
+            return Ok(());
+        }
+        self.transact(|tx| Heap { tx }.free(off, Use::Plain).map(|_| ()))
     }
 
     /// Usable size of an allocated block.
@@ -197,7 +288,7 @@ impl Shoal {
         let key = Name::new(name)?;
         let owner = self.inner.tag;
         let mem = self.inner.mem;
-        let (off, created) = self.transact(|tx| {
+        let (off, created) = self.inner.transact_reclaiming(|tx| {
             if let Some(entry) = names::find(tx, &key)? {
                 if entry.size < size {
                     return Err(AllocError::SizeMismatch {
@@ -210,7 +301,7 @@ impl Shoal {
             // Named objects are whole pages, flagged, so a plain free of one
             // is refused without searching the name table.
             let off = Self::alloc_in(tx, size, owner, true)?;
-            Heap { tx }.set_named(off)?;
+            Heap { tx }.set_use(off, Use::Named)?;
             // Zero before publishing the name: nobody sees stale bytes.
             mem.zero(off, size)?;
             names::insert(tx, &key, off, size)?;
@@ -235,7 +326,7 @@ impl Shoal {
                 return Ok(false);
             };
             names::remove(tx, &entry)?;
-            Heap { tx }.free(entry.offset, true)?;
+            Heap { tx }.free(entry.offset, Use::Named)?;
             Ok(true)
         })
     }
@@ -244,8 +335,10 @@ impl Shoal {
     /// allocating peer is dead, e.g. after `kill -9`; returns how many.
     /// Only call this when no live peer keeps using such blocks (a dead
     /// peer may have handed its offsets to others). Small blocks carry no
-    /// owner and are not reclaimed.
+    /// owner and are not reclaimed, but the thread caches of dead peers
+    /// (objects they freed and nobody holds) are emptied first.
     pub fn reclaim_dead(&self) -> Result<usize, AllocError> {
+        self.inner.reclaim_dead_caches(None)?;
         let peers = self.inner.peers;
         let candidates = self.transact(|tx| check::walk(tx, &[], &|t| peers.alive(t)))?;
         let mut freed = 0;
@@ -259,7 +352,7 @@ impl Shoal {
                 if heap.get(page, heap::D_KIND)? != heap::K_LARGE || peers.alive(owner) {
                     return Ok(false);
                 }
-                heap.free(off, false).map(|_| true)
+                heap.free(off, Use::Plain).map(|_| true)
             })?;
             freed += usize::from(done);
         }
@@ -276,5 +369,7 @@ impl Shoal {
     }
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The C ABI (declared in `include/shoal.h`).
+//! The C ABI. `include/shoal.h` is generated from this module by cbindgen
+//! (`cbindgen.toml`; `tests/header.rs` fails when the committed header is
+//! stale, and `SHOAL_BLESS=1` rewrites it), so the `///` docs here are the
+//! header's documentation.
 //!
 //! Every function returns a status code (0 or a positive note on success, a
 //! negative `SHOAL_E*` on failure) and never unwinds into C: bodies run under
@@ -18,11 +21,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
 
-mod sync;
-
 /// Success.
 pub const SHOAL_OK: c_int = 0;
-/// Success: the lock was taken over from a dead peer.
+/// Success: the lock was taken over from a dead peer; repair the data it
+/// protects.
 pub const SHOAL_OWNER_DIED: c_int = 1;
 /// Success: this caller was the last to reach the barrier.
 pub const SHOAL_BARRIER_SERIAL: c_int = 2;
@@ -63,11 +65,46 @@ pub const SHOAL_EBUSY: c_int = -17;
 /// Named-object table full.
 pub const SHOAL_ENAMES: c_int = -18;
 
-/// The C handle type (`shoal_t`).
+/// A region offset (`shoal_off_t`); 0 is the null offset.
+pub type ShoalOff = u64;
+
+/// A robust mutex in the region (`shoal_mutex_t`); zero bytes are unlocked.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ShoalMutex {
+    /// Owner tag and waiters bit; 0 when unlocked.
+    pub word: u32,
+}
+
+/// A condition variable in the region (`shoal_cond_t`); zero bytes are idle.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ShoalCond {
+    /// Bumped by every signal.
+    pub seq: u32,
+}
+
+/// A barrier in the region (`shoal_barrier_t`); zero bytes are an
+/// uninitialised barrier: call `shoal_barrier_init` once.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ShoalBarrier {
+    /// Arrivals in the current phase.
+    pub arrived: u32,
+    /// Phase counter.
+    pub phase: u32,
+    /// Party count (0: not initialised).
+    pub parties: u32,
+    /// Unused.
+    pub reserved: u32,
+}
+
+/// A peer's handle (`shoal_t`, opaque). Any number of threads may use it
+/// at once; `shoal_close` must be the last call on it.
 #[derive(Debug)]
 pub struct ShoalHandle(Shoal);
 
-/// The C team type (`shoal_team_t`).
+/// A team membership (`shoal_team_t`, opaque).
 #[derive(Debug)]
 pub struct TeamHandle(Team);
 
@@ -122,7 +159,7 @@ pub(crate) unsafe fn handle<'a>(s: *const ShoalHandle) -> Option<&'a Shoal> {
 
 /// # Safety
 /// `name` is null or a NUL-terminated string.
-pub(crate) unsafe fn name<'a>(name: *const c_char) -> Option<&'a str> {
+pub(crate) unsafe fn str_arg<'a>(name: *const c_char) -> Option<&'a str> {
     if name.is_null() {
         return None;
     }
@@ -146,8 +183,11 @@ pub(crate) unsafe fn put<T>(out: *mut T, v: T) {
     }
 }
 
-/// Opens the group: `socket` names a group server socket (host peer); null
-/// means `$SHOAL_SOCKET`, else the ivshmem PCI device.
+/// Opens the group and writes a new handle to `*out`. `socket` names a
+/// group server socket (host peer); NULL means `$SHOAL_SOCKET` if set, else
+/// the ivshmem PCI device (`$SHOAL_PCI`, or the first 1af4:1110 in sysfs).
+/// `SHOAL_ETRANSPORT` when the group cannot be reached, `SHOAL_ELAYOUT`
+/// when its region is unusable (foreign magic, other version, too small).
 ///
 /// # Safety
 /// `socket` is null or NUL-terminated; `out` is valid for a write.
@@ -161,7 +201,7 @@ pub unsafe extern "C" fn shoal_open(socket: *const c_char, out: *mut *mut ShoalH
             Shoal::open_default()
         } else {
             // SAFETY: caller contract.
-            let Some(path) = (unsafe { name(socket) }) else {
+            let Some(path) = (unsafe { str_arg(socket) }) else {
                 return SHOAL_EINVAL;
             };
             Shoal::open_host(Path::new(path))
@@ -180,7 +220,7 @@ pub unsafe extern "C" fn shoal_open(socket: *const c_char, out: *mut *mut ShoalH
     })
 }
 
-/// Closes a handle (null is accepted).
+/// Closes a handle (NULL is accepted); it must be the last call on it.
 ///
 /// # Safety
 /// `s` is null or a handle from `shoal_open`, not used afterwards.
@@ -235,12 +275,18 @@ pub extern "C" fn shoal_strerror(code: c_int) -> *const c_char {
     text.as_ptr()
 }
 
-/// Allocates `size` bytes; writes the offset to `out`.
+/// Allocates `size` bytes in the region and writes the block's offset to
+/// `*out`. Blocks are 16-byte aligned (page aligned above 2048 bytes); the
+/// contents are unspecified.
 ///
 /// # Safety
 /// `s` is null or a live handle; `out` is null or writable.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_alloc(s: *mut ShoalHandle, size: usize, out: *mut u64) -> c_int {
+pub unsafe extern "C" fn shoal_alloc(
+    s: *mut ShoalHandle,
+    size: usize,
+    out: *mut ShoalOff,
+) -> c_int {
     guard(|| {
         // SAFETY: caller contract.
         let Some(s) = (unsafe { handle(s) }) else {
@@ -260,12 +306,14 @@ pub unsafe extern "C" fn shoal_alloc(s: *mut ShoalHandle, size: usize, out: *mut
     })
 }
 
-/// Frees a block from `shoal_alloc`.
+/// Frees a block from `shoal_alloc`: `SHOAL_ENOTALLOC` for a double free,
+/// `SHOAL_EFOREIGN` for an offset that is not a block, `SHOAL_ENAMED` for a
+/// named object (use `shoal_remove`).
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_free(s: *mut ShoalHandle, off: u64) -> c_int {
+pub unsafe extern "C" fn shoal_free(s: *mut ShoalHandle, off: ShoalOff) -> c_int {
     guard(|| {
         // SAFETY: caller contract.
         let Some(s) = (unsafe { handle(s) }) else {
@@ -278,8 +326,10 @@ pub unsafe extern "C" fn shoal_free(s: *mut ShoalHandle, off: u64) -> c_int {
     })
 }
 
-/// Finds or creates (zeroed) the named object `name` of `size` bytes.
-/// `created` (may be null) is set to 1 if this call created it.
+/// Finds the named object `name`, or creates it with `size` zeroed bytes,
+/// and writes its offset to `*out`; `*created` (may be NULL) is set to 1 if
+/// this call created it. Names are 1 to 40 bytes. `SHOAL_ESIZE` if the
+/// object exists with fewer than `size` bytes.
 ///
 /// # Safety
 /// `s` live handle or null; `name` NUL-terminated or null; `out`, `created`
@@ -287,14 +337,14 @@ pub unsafe extern "C" fn shoal_free(s: *mut ShoalHandle, off: u64) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn shoal_named(
     s: *mut ShoalHandle,
-    name_ptr: *const c_char,
+    name: *const c_char,
     size: usize,
-    out: *mut u64,
+    out: *mut ShoalOff,
     created: *mut c_int,
 ) -> c_int {
     guard(|| {
         // SAFETY: caller contract.
-        let (Some(s), Some(n)) = (unsafe { handle(s) }, unsafe { name(name_ptr) }) else {
+        let (Some(s), Some(n)) = (unsafe { handle(s) }, unsafe { str_arg(name) }) else {
             return SHOAL_EINVAL;
         };
         if out.is_null() {
@@ -314,20 +364,20 @@ pub unsafe extern "C" fn shoal_named(
     })
 }
 
-/// Looks up a named object (`SHOAL_ENOENT` if absent).
+/// Looks up a named object: its offset and size (`SHOAL_ENOENT` if absent).
 ///
 /// # Safety
 /// As `shoal_named`.
 #[no_mangle]
 pub unsafe extern "C" fn shoal_find(
     s: *mut ShoalHandle,
-    name_ptr: *const c_char,
-    out: *mut u64,
+    name: *const c_char,
+    out: *mut ShoalOff,
     size: *mut usize,
 ) -> c_int {
     guard(|| {
         // SAFETY: caller contract.
-        let (Some(s), Some(n)) = (unsafe { handle(s) }, unsafe { name(name_ptr) }) else {
+        let (Some(s), Some(n)) = (unsafe { handle(s) }, unsafe { str_arg(name) }) else {
             return SHOAL_EINVAL;
         };
         match s.find(n) {
@@ -350,10 +400,10 @@ pub unsafe extern "C" fn shoal_find(
 /// # Safety
 /// As `shoal_named`.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_remove(s: *mut ShoalHandle, name_ptr: *const c_char) -> c_int {
+pub unsafe extern "C" fn shoal_remove(s: *mut ShoalHandle, name: *const c_char) -> c_int {
     guard(|| {
         // SAFETY: caller contract.
-        let (Some(s), Some(n)) = (unsafe { handle(s) }, unsafe { name(name_ptr) }) else {
+        let (Some(s), Some(n)) = (unsafe { handle(s) }, unsafe { str_arg(name) }) else {
             return SHOAL_EINVAL;
         };
         match s.remove(n) {
@@ -364,12 +414,13 @@ pub unsafe extern "C" fn shoal_remove(s: *mut ShoalHandle, name_ptr: *const c_ch
     })
 }
 
-/// The address of region offset `off` in this process (null if outside).
+/// The address of region offset `off` in this process (NULL for 0 or an
+/// offset outside the region).
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_ptr(s: *const ShoalHandle, off: u64) -> *mut c_void {
+pub unsafe extern "C" fn shoal_ptr(s: *const ShoalHandle, off: ShoalOff) -> *mut c_void {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: caller contract.
         let s = unsafe { handle(s) }?;
@@ -388,7 +439,7 @@ pub unsafe extern "C" fn shoal_ptr(s: *const ShoalHandle, off: u64) -> *mut c_vo
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_off(s: *const ShoalHandle, p: *const c_void) -> u64 {
+pub unsafe extern "C" fn shoal_off(s: *const ShoalHandle, p: *const c_void) -> ShoalOff {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: caller contract.
         let s = unsafe { handle(s) }?;
@@ -397,9 +448,9 @@ pub unsafe extern "C" fn shoal_off(s: *const ShoalHandle, p: *const c_void) -> u
     r.ok().flatten().unwrap_or(0)
 }
 
-/// Walks the heap; `SHOAL_OK` if consistent, `SHOAL_ECORRUPT` otherwise.
-/// `errors`/`blocks` (may be null) get the number of problems and of
-/// allocated blocks that are not named.
+/// Walks the heap: `SHOAL_OK` if consistent, `SHOAL_ECORRUPT` otherwise.
+/// `*errors` and `*blocks` (either may be NULL) get the number of problems
+/// and of allocated blocks that are not named.
 ///
 /// # Safety
 /// `s` live handle or null; outputs null or writable.
@@ -434,3 +485,10 @@ pub unsafe extern "C" fn shoal_check_heap(
         }
     })
 }
+
+mod sync;
+
+// The C header's object types must match the Rust ones byte for byte.
+const _: () = assert!(std::mem::size_of::<ShoalMutex>() == std::mem::size_of::<crate::Mutex>());
+const _: () = assert!(std::mem::size_of::<ShoalCond>() == std::mem::size_of::<crate::Condvar>());
+const _: () = assert!(std::mem::size_of::<ShoalBarrier>() == std::mem::size_of::<crate::Barrier>());

@@ -2,22 +2,23 @@
 //! The C ABI for futexes, mutexes, condvars, barriers and teams.
 
 use super::{guard, handle, put, region_offset, sync_code, timeout, ShoalHandle, TeamHandle};
+use super::{ShoalBarrier, ShoalCond, ShoalMutex};
 use super::{SHOAL_BARRIER_SERIAL, SHOAL_EBUSY, SHOAL_EFOREIGN, SHOAL_EINVAL, SHOAL_ETIMEDOUT};
 use super::{SHOAL_OK, SHOAL_OWNER_DIED};
 use crate::handle::Shoal;
 use crate::ptr::ShmPtr;
 use crate::sync::condvar;
 use crate::sync::mutex::{self, Locked};
-use crate::sync::{Barrier, Team, WaitOutcome};
+use crate::sync::{Barrier, SyncError, Team, WaitOutcome};
 use std::ffi::{c_char, c_int, c_void};
 
 /// Runs `f` with the handle and the region offset of `obj`.
 ///
 /// # Safety
 /// `s` is null or a live handle.
-unsafe fn with_obj(
+unsafe fn with_obj<T>(
     s: *const ShoalHandle,
-    obj: *const c_void,
+    obj: *const T,
     align: u64,
     f: impl FnOnce(&Shoal, u64) -> c_int,
 ) -> c_int {
@@ -26,7 +27,7 @@ unsafe fn with_obj(
         let Some(shoal) = (unsafe { handle(s) }) else {
             return SHOAL_EINVAL;
         };
-        match region_offset(shoal, obj, align) {
+        match region_offset(shoal, obj as *const c_void, align) {
             Some(off) => f(shoal, off),
             None => SHOAL_EFOREIGN,
         }
@@ -40,8 +41,10 @@ fn locked_code(how: Locked) -> c_int {
     }
 }
 
-/// Sleeps while `*addr == expected` (addr in the region), at most
-/// `timeout_ns` (negative: forever). `SHOAL_OK` or `SHOAL_ETIMEDOUT`.
+/// Futex-like wait on a 32-bit word in the region: sleeps while
+/// `*addr == expected`, at most `timeout_ns` nanoseconds (negative:
+/// forever). `SHOAL_OK` (woken, or the word differs; spurious wake-ups are
+/// possible) or `SHOAL_ETIMEDOUT`.
 ///
 /// # Safety
 /// `s` is null or a live handle.
@@ -54,7 +57,7 @@ pub unsafe extern "C" fn shoal_futex_wait(
 ) -> c_int {
     // SAFETY: caller contract.
     unsafe {
-        with_obj(s, addr as *const c_void, 4, |shoal, off| {
+        with_obj(s, addr, 4, |shoal, off| {
             match shoal.futex_wait_at(off, expected, timeout(timeout_ns)) {
                 Ok(WaitOutcome::Woken) => SHOAL_OK,
                 Ok(WaitOutcome::TimedOut) => SHOAL_ETIMEDOUT,
@@ -64,7 +67,8 @@ pub unsafe extern "C" fn shoal_futex_wait(
     }
 }
 
-/// Wakes up to `n` waiters on `addr`; returns how many (≥ 0) or an error.
+/// Wakes up to `n` waiters on the word `addr` (call after changing it);
+/// returns how many were woken or rung (≥ 0), or an error.
 ///
 /// # Safety
 /// `s` is null or a live handle.
@@ -72,33 +76,35 @@ pub unsafe extern "C" fn shoal_futex_wait(
 pub unsafe extern "C" fn shoal_futex_wake(s: *mut ShoalHandle, addr: *const u32, n: u32) -> c_int {
     // SAFETY: caller contract.
     unsafe {
-        with_obj(s, addr as *const c_void, 4, |shoal, off| {
-            match shoal.futex_wake_at(off, n) {
-                Ok(count) => count.min(c_int::MAX as usize) as c_int,
-                Err(e) => sync_code(&e),
-            }
+        with_obj(s, addr, 4, |shoal, off| match shoal.futex_wake_at(off, n) {
+            Ok(count) => count.min(c_int::MAX as usize) as c_int,
+            Err(e) => sync_code(&e),
         })
     }
 }
 
-/// Locks a mutex in the region: `SHOAL_OK` or `SHOAL_OWNER_DIED`.
+/// Locks a robust mutex in the region: `SHOAL_OK`, or `SHOAL_OWNER_DIED`
+/// when the lock was taken over from a dead peer (the data it protects may
+/// be half-updated). Ownership is per process: any thread of the holding
+/// process may unlock.
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_mutex_lock(s: *mut ShoalHandle, m: *mut c_void) -> c_int {
+pub unsafe extern "C" fn shoal_mutex_lock(s: *mut ShoalHandle, m: *mut ShoalMutex) -> c_int {
     // SAFETY: caller contract.
     unsafe { shoal_mutex_timedlock(s, m, -1) }
 }
 
-/// Locks with a timeout (negative: forever).
+/// As `shoal_mutex_lock`, waiting at most `timeout_ns` nanoseconds
+/// (negative: forever; `SHOAL_ETIMEDOUT`).
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn shoal_mutex_timedlock(
     s: *mut ShoalHandle,
-    m: *mut c_void,
+    m: *mut ShoalMutex,
     timeout_ns: i64,
 ) -> c_int {
     // SAFETY: caller contract.
@@ -117,7 +123,7 @@ pub unsafe extern "C" fn shoal_mutex_timedlock(
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_mutex_trylock(s: *mut ShoalHandle, m: *mut c_void) -> c_int {
+pub unsafe extern "C" fn shoal_mutex_trylock(s: *mut ShoalHandle, m: *mut ShoalMutex) -> c_int {
     // SAFETY: caller contract.
     unsafe {
         with_obj(s, m, 4, |shoal, off| {
@@ -135,7 +141,7 @@ pub unsafe extern "C" fn shoal_mutex_trylock(s: *mut ShoalHandle, m: *mut c_void
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_mutex_unlock(s: *mut ShoalHandle, m: *mut c_void) -> c_int {
+pub unsafe extern "C" fn shoal_mutex_unlock(s: *mut ShoalHandle, m: *mut ShoalMutex) -> c_int {
     // SAFETY: caller contract.
     unsafe {
         with_obj(s, m, 4, |shoal, off| {
@@ -147,36 +153,38 @@ pub unsafe extern "C" fn shoal_mutex_unlock(s: *mut ShoalHandle, m: *mut c_void)
     }
 }
 
-/// Waits on a condvar with the mutex held; re-locks before returning
-/// (`SHOAL_OWNER_DIED` if the re-lock took over from a dead peer).
+/// Waits on a condition variable with the mutex `m` held: unlocks, sleeps
+/// until signalled (or spuriously woken: wait in a loop), re-locks.
+/// `SHOAL_OWNER_DIED` if the re-lock took over from a dead peer.
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn shoal_cond_wait(
     s: *mut ShoalHandle,
-    c: *mut c_void,
-    m: *mut c_void,
+    c: *mut ShoalCond,
+    m: *mut ShoalMutex,
 ) -> c_int {
     // SAFETY: caller contract.
     unsafe { shoal_cond_timedwait(s, c, m, -1) }
 }
 
-/// As `shoal_cond_wait`, for at most `timeout_ns` (`SHOAL_ETIMEDOUT`).
+/// As `shoal_cond_wait`, for at most `timeout_ns` nanoseconds (negative:
+/// forever); the mutex is re-locked also on `SHOAL_ETIMEDOUT`.
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn shoal_cond_timedwait(
     s: *mut ShoalHandle,
-    c: *mut c_void,
-    m: *mut c_void,
+    c: *mut ShoalCond,
+    m: *mut ShoalMutex,
     timeout_ns: i64,
 ) -> c_int {
     // SAFETY: caller contract.
     unsafe {
         with_obj(s, c, 4, |shoal, cond| {
-            let Some(moff) = region_offset(shoal, m, 4) else {
+            let Some(moff) = region_offset(shoal, m as *const c_void, 4) else {
                 return SHOAL_EFOREIGN;
             };
             match condvar::wait_at(shoal, cond, moff, timeout(timeout_ns)) {
@@ -194,7 +202,7 @@ pub unsafe extern "C" fn shoal_cond_timedwait(
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_cond_signal(s: *mut ShoalHandle, c: *mut c_void) -> c_int {
+pub unsafe extern "C" fn shoal_cond_signal(s: *mut ShoalHandle, c: *mut ShoalCond) -> c_int {
     // SAFETY: caller contract.
     unsafe {
         with_obj(s, c, 4, |shoal, off| {
@@ -211,7 +219,7 @@ pub unsafe extern "C" fn shoal_cond_signal(s: *mut ShoalHandle, c: *mut c_void) 
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_cond_broadcast(s: *mut ShoalHandle, c: *mut c_void) -> c_int {
+pub unsafe extern "C" fn shoal_cond_broadcast(s: *mut ShoalHandle, c: *mut ShoalCond) -> c_int {
     // SAFETY: caller contract.
     unsafe {
         with_obj(s, c, 4, |shoal, off| {
@@ -227,14 +235,15 @@ fn barrier_at(shoal: &Shoal, off: u64) -> Option<&Barrier> {
     shoal.get(ShmPtr::<Barrier>::from_offset(off)).ok()
 }
 
-/// Sets a barrier's party count (or checks it matches).
+/// Sets a barrier's party count once (or checks that it matches:
+/// `SHOAL_EPARTIES`); any peer may call it.
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn shoal_barrier_init(
     s: *mut ShoalHandle,
-    b: *mut c_void,
+    b: *mut ShoalBarrier,
     parties: u32,
 ) -> c_int {
     // SAFETY: caller contract.
@@ -251,13 +260,14 @@ pub unsafe extern "C" fn shoal_barrier_init(
     }
 }
 
-/// Waits at a barrier: `SHOAL_OK`, or `SHOAL_BARRIER_SERIAL` in the last
-/// arrival of each phase.
+/// Waits until all parties reached the barrier: `SHOAL_OK`, or
+/// `SHOAL_BARRIER_SERIAL` in the last arrival of each phase. A wait that
+/// fails leaves the barrier broken.
 ///
 /// # Safety
 /// `s` is null or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn shoal_barrier_wait(s: *mut ShoalHandle, b: *mut c_void) -> c_int {
+pub unsafe extern "C" fn shoal_barrier_wait(s: *mut ShoalHandle, b: *mut ShoalBarrier) -> c_int {
     // SAFETY: caller contract.
     unsafe {
         with_obj(s, b, 4, |shoal, off| {
@@ -273,8 +283,9 @@ pub unsafe extern "C" fn shoal_barrier_wait(s: *mut ShoalHandle, b: *mut c_void)
     }
 }
 
-/// Joins team `name` of `size` members (waits for all); `*out` gets a team
-/// handle to free with `shoal_team_leave`.
+/// Joins team `name` (one member per process or VM) of `size` members and
+/// waits until all have joined; `*out` gets a team handle to free with
+/// `shoal_team_leave`. `SHOAL_EPARTIES` if the team exists with another size.
 ///
 /// # Safety
 /// `s` live handle or null; `name` NUL-terminated or null; `out` writable.
@@ -287,7 +298,7 @@ pub unsafe extern "C" fn shoal_team_join(
 ) -> c_int {
     guard(|| {
         // SAFETY: caller contract.
-        let (Some(shoal), Some(n)) = (unsafe { handle(s) }, unsafe { super::name(name) }) else {
+        let (Some(shoal), Some(n)) = (unsafe { handle(s) }, unsafe { super::str_arg(name) }) else {
             return SHOAL_EINVAL;
         };
         if out.is_null() {
@@ -304,7 +315,8 @@ pub unsafe extern "C" fn shoal_team_join(
     })
 }
 
-/// Frees a team handle (the team object stays in the region).
+/// Leaves the team and frees the handle (NULL is accepted). When all
+/// members of a round have left, the next joiners start a new round.
 ///
 /// # Safety
 /// `t` is null or from `shoal_team_join`, not used afterwards.
@@ -346,7 +358,7 @@ pub unsafe extern "C" fn shoal_team_size(t: *const TeamHandle) -> c_int {
     guard(|| unsafe { team(t) }.map_or(SHOAL_EINVAL, |t| t.size() as c_int))
 }
 
-/// Team barrier: `SHOAL_OK` or `SHOAL_BARRIER_SERIAL`.
+/// Waits for all members: `SHOAL_OK`, or `SHOAL_BARRIER_SERIAL` in one of them.
 ///
 /// # Safety
 /// `t` is null or a live team handle.
@@ -365,7 +377,8 @@ pub unsafe extern "C" fn shoal_team_barrier(t: *mut TeamHandle) -> c_int {
     })
 }
 
-/// This member's static share `[*begin, *end)` of `0..n`.
+/// This member's static share `[*begin, *end)` of the index range `0..n`
+/// (contiguous; sizes differ by at most one).
 ///
 /// # Safety
 /// `t` is null or a live team handle; outputs null or writable.
@@ -391,58 +404,119 @@ pub unsafe extern "C" fn shoal_team_range(
     })
 }
 
-macro_rules! reduction {
-    ($(#[$doc:meta])* $name:ident, $ty:ty, $method:ident) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        /// `t` is null or a live team handle; `out` null or writable.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(t: *mut TeamHandle, value: $ty, out: *mut $ty) -> c_int {
-            guard(|| {
+/// Runs a reduction for the C ABI.
+///
+/// # Safety
+/// `t` is null or a live team handle; `out` null or writable.
+unsafe fn reduce<T>(
+    t: *mut TeamHandle,
+    value: T,
+    out: *mut T,
+    op: impl FnOnce(&Team, T) -> Result<T, SyncError>,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller contract.
+        let Some(t) = (unsafe { team(t) }) else {
+            return SHOAL_EINVAL;
+        };
+        match op(t, value) {
+            Ok(v) => {
                 // SAFETY: caller contract.
-                let Some(t) = (unsafe { team(t) }) else {
-                    return SHOAL_EINVAL;
-                };
-                match t.$method(value) {
-                    Ok(v) => {
-                        // SAFETY: caller contract.
-                        unsafe { put(out, v) };
-                        SHOAL_OK
-                    }
-                    Err(e) => sync_code(&e),
-                }
-            })
+                unsafe { put(out, v) };
+                SHOAL_OK
+            }
+            Err(e) => sync_code(&e),
         }
-    };
+    })
 }
 
-reduction!(
-    /// Sum over all members (rank order: identical everywhere).
-    shoal_team_sum_f64, f64, sum_f64
-);
-reduction!(
-    /// Minimum over all members.
-    shoal_team_min_f64, f64, min_f64
-);
-reduction!(
-    /// Maximum over all members.
-    shoal_team_max_f64, f64, max_f64
-);
-reduction!(
-    /// Wrapping sum over all members.
-    shoal_team_sum_i64, i64, sum_i64
-);
-reduction!(
-    /// Minimum over all members.
-    shoal_team_min_i64, i64, min_i64
-);
-reduction!(
-    /// Maximum over all members.
-    shoal_team_max_i64, i64, max_i64
-);
+/// Sum over all members, written to `*out` in every member (added in rank
+/// order, so identical everywhere).
+///
+/// # Safety
+/// `t` is null or a live team handle; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shoal_team_sum_f64(
+    t: *mut TeamHandle,
+    value: f64,
+    out: *mut f64,
+) -> c_int {
+    // SAFETY: caller contract.
+    unsafe { reduce(t, value, out, Team::sum_f64) }
+}
 
-/// Delivers member `root`'s `value` to every member.
+/// Minimum over all members, written to `*out` in every member.
+///
+/// # Safety
+/// `t` is null or a live team handle; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shoal_team_min_f64(
+    t: *mut TeamHandle,
+    value: f64,
+    out: *mut f64,
+) -> c_int {
+    // SAFETY: caller contract.
+    unsafe { reduce(t, value, out, Team::min_f64) }
+}
+
+/// Maximum over all members, written to `*out` in every member.
+///
+/// # Safety
+/// `t` is null or a live team handle; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shoal_team_max_f64(
+    t: *mut TeamHandle,
+    value: f64,
+    out: *mut f64,
+) -> c_int {
+    // SAFETY: caller contract.
+    unsafe { reduce(t, value, out, Team::max_f64) }
+}
+
+/// Wrapping sum over all members, written to `*out` in every member.
+///
+/// # Safety
+/// `t` is null or a live team handle; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shoal_team_sum_i64(
+    t: *mut TeamHandle,
+    value: i64,
+    out: *mut i64,
+) -> c_int {
+    // SAFETY: caller contract.
+    unsafe { reduce(t, value, out, Team::sum_i64) }
+}
+
+/// Minimum over all members, written to `*out` in every member.
+///
+/// # Safety
+/// `t` is null or a live team handle; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shoal_team_min_i64(
+    t: *mut TeamHandle,
+    value: i64,
+    out: *mut i64,
+) -> c_int {
+    // SAFETY: caller contract.
+    unsafe { reduce(t, value, out, Team::min_i64) }
+}
+
+/// Maximum over all members, written to `*out` in every member.
+///
+/// # Safety
+/// `t` is null or a live team handle; `out` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shoal_team_max_i64(
+    t: *mut TeamHandle,
+    value: i64,
+    out: *mut i64,
+) -> c_int {
+    // SAFETY: caller contract.
+    unsafe { reduce(t, value, out, Team::max_i64) }
+}
+
+/// Delivers member `root`'s `value` to `*out` in every member
+/// (`SHOAL_EINVAL` for a root that is not a rank).
 ///
 /// # Safety
 /// `t` is null or a live team handle; `out` null or writable.
@@ -468,8 +542,3 @@ pub unsafe extern "C" fn shoal_team_broadcast_u64(
         }
     })
 }
-
-// The C header's object types must match the Rust ones byte for byte.
-const _: () = assert!(std::mem::size_of::<crate::sync::Mutex>() == 4);
-const _: () = assert!(std::mem::size_of::<crate::sync::Condvar>() == 4);
-const _: () = assert!(std::mem::size_of::<Barrier>() == 16);

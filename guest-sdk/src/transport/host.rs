@@ -175,7 +175,9 @@ impl Host {
     }
 }
 
-impl Transport for Host {
+// SAFETY: `base`/`len` are the Peer's shared mapping of the group memfd
+// (page aligned), owned by `peer` and unmapped only when this transport drops.
+unsafe impl Transport for Host {
     fn base(&self) -> *mut u8 {
         self.base
     }

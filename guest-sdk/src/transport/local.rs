@@ -5,13 +5,15 @@
 
 use super::{SleepKind, Transport, TransportError};
 use shmem_group::layout::{LayoutParams, PeerState, Region};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A heap-allocated region with a group header and state table.
 #[derive(Debug)]
 pub struct LocalRegion {
-    buf: Box<[u64]>,
+    // Atomics: the region is written through shared references.
+    buf: Box<[AtomicU64]>,
 }
 
 impl LocalRegion {
@@ -20,7 +22,7 @@ impl LocalRegion {
         if size % 4096 != 0 || !(8192..=(1 << 32)).contains(&size) {
             return Err(TransportError::Size(size));
         }
-        let mut buf = vec![0u64; (size / 8) as usize].into_boxed_slice();
+        let buf: Box<[AtomicU64]> = (0..size / 8).map(|_| AtomicU64::new(0)).collect();
         let params = LayoutParams {
             region_size: size,
             max_peers,
@@ -29,7 +31,7 @@ impl LocalRegion {
         };
         // SAFETY: buf is size bytes, 8-aligned, and owned by the returned
         // value for as long as any view of it is used.
-        unsafe { Region::init(buf.as_mut_ptr() as *mut u8, size as usize, &params) }
+        unsafe { Region::init(buf.as_ptr() as *mut u8, size as usize, &params) }
             .map_err(|_| TransportError::Size(size))?;
         Ok(Arc::new(Self { buf }))
     }
@@ -73,7 +75,9 @@ impl Local {
     }
 }
 
-impl Transport for Local {
+// SAFETY: `base`/`len` are the LocalRegion's buffer: `len` bytes of atomics,
+// 8-aligned, never moved or freed while the Arc held here lives.
+unsafe impl Transport for Local {
     fn base(&self) -> *mut u8 {
         self.region.base()
     }

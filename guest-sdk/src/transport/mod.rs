@@ -50,7 +50,15 @@ pub enum SleepKind {
 }
 
 /// One way of reaching the region.
-pub trait Transport: Send + Sync + fmt::Debug {
+///
+/// # Safety
+/// [`crate::Shoal::open_transport`] reads and writes the region through
+/// [`Transport::base`] and [`Transport::len`] for as long as the transport
+/// lives: `base` must point to `len` bytes of readable and writable memory,
+/// 8-byte aligned, that stay mapped (and are accessed by others, if at all,
+/// only atomically or as plain shared data) until the transport is dropped,
+/// and both must return the same values every time.
+pub unsafe trait Transport: Send + Sync + fmt::Debug {
     /// Start of the mapped region (8-byte aligned, stays mapped while the
     /// transport lives).
     fn base(&self) -> *mut u8;

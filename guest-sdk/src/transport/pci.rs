@@ -377,7 +377,9 @@ impl Pci {
     }
 }
 
-impl Transport for Pci {
+// SAFETY: `base`/`len` are the BAR2 mapping (`region`, page aligned), owned by
+// this transport and unmapped only when it drops.
+unsafe impl Transport for Pci {
     fn base(&self) -> *mut u8 {
         self.region.ptr
     }
