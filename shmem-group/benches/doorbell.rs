@@ -3,6 +3,9 @@
 //! floor of a raw eventfd pair; and the time for a peer to join.
 //!
 //! `cargo bench -p shmem-group --bench doorbell` (plain main, no criterion).
+//! Both round trips pin the ringing thread to CPU 0 and the echoing thread
+//! to CPU 1 (with 2+ CPUs), and alternate over [`REPEATS`] runs; the medians
+//! and their ratio are printed (on shared cores single runs vary by 2x).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,6 +15,28 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 const ROUNDS: u32 = 20_000;
+const REPEATS: usize = 7;
+
+/// Pins the calling thread to `cpu` if the machine has it.
+fn pin(cpu: usize) {
+    // SAFETY: sysconf has no memory effects.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if cpus < 2 {
+        return;
+    }
+    // SAFETY: an all-zero cpu_set_t is an empty set; CPU_SET writes in it;
+    // sched_setaffinity reads it (0: this thread).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
 
 fn wait(fd: &OwnedFd) {
     let mut pfd = libc::pollfd {
@@ -36,11 +61,13 @@ fn raw_eventfd_round_trip() -> Duration {
     let pong = std::sync::Arc::new(new_eventfd().unwrap());
     let (p, q) = (ping.clone(), pong.clone());
     let echo = std::thread::spawn(move || {
+        pin(1);
         for _ in 0..ROUNDS {
             wait(&p);
             signal(&*q).unwrap();
         }
     });
+    pin(0);
     let start = Instant::now();
     for _ in 0..ROUNDS {
         signal(&*ping).unwrap();
@@ -62,12 +89,14 @@ fn group_round_trip(path: &std::path::Path) -> Duration {
     let a_id = a.id();
     let b_id = b.id();
     let echo = std::thread::spawn(move || {
+        pin(1);
         for _ in 0..ROUNDS {
             while b.wait(0, None).unwrap() == 0 {}
             b.ring(a_id, 0).unwrap();
         }
     });
     let mut a = a;
+    pin(0);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !a.peers().contains(&b_id) {
         a.poll_events().unwrap();
@@ -98,12 +127,23 @@ fn main() {
     let stopper = server.stopper().unwrap();
     let thread = std::thread::spawn(move || server.run().unwrap());
 
-    let floor = raw_eventfd_round_trip();
-    let group = group_round_trip(&path);
+    let mut floors = Vec::new();
+    let mut groups = Vec::new();
+    for _ in 0..REPEATS {
+        floors.push(raw_eventfd_round_trip());
+        groups.push(group_round_trip(&path));
+    }
     let join = join_time(&path);
-    println!("raw eventfd round trip:      {floor:?}");
+    let range = |v: &[Duration]| {
+        let min = v.iter().min().copied().unwrap_or_default();
+        let max = v.iter().max().copied().unwrap_or_default();
+        format!("{min:.2?}..{max:.2?}")
+    };
+    let (floor_range, group_range) = (range(&floors), range(&groups));
+    let (floor, group) = (median(floors), median(groups));
+    println!("raw eventfd round trip:       median {floor:.2?} of {REPEATS} ({floor_range})");
     println!(
-        "host peers through group:    {group:?}  ({:.2}x the floor)",
+        "host peers through group:     median {group:.2?} of {REPEATS} ({group_range}), {:.2}x the floor",
         group.as_secs_f64() / floor.as_secs_f64()
     );
     println!("peer join (connect+greeting): {join:?}");
