@@ -655,3 +655,123 @@ fn incoming_on_a_busy_tcp_port_fails_clearly() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `shoal run --api-socket PATH` with no VM: returns the process and its
+/// socket once the API answers.
+fn empty_vmm(dir: &Path) -> (GuestProcess, PathBuf) {
+    let socket = dir.join("empty.sock");
+    let vmm = GuestProcess::shoal(&["run", "--api-socket", socket.to_str().unwrap()]).unwrap();
+    wait_for_socket(&socket);
+    (vmm, socket)
+}
+
+fn info_state(socket: &Path) -> serde_json::Value {
+    let (ok, out, err) = api(socket, &["info"]);
+    assert!(ok, "{out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn a_vmm_without_a_vm_restores_a_snapshot_through_the_api() {
+    let dir = scratch("api-restore");
+    let (mut vm, socket) = source_vm(&dir, "scenario=counter shift=12");
+    next_count(&mut vm);
+    let snap = dir.join("snap");
+    assert!(api(&socket, &["snapshot", snap.to_str().unwrap()]).0);
+    assert!(api(&socket, &["shutdown"]).0);
+    vm.wait_for_exit(TIMEOUT).unwrap();
+    let last = vm
+        .guest_lines()
+        .iter()
+        .rev()
+        .find_map(|l| counter(l))
+        .unwrap();
+
+    let (mut vmm, empty) = empty_vmm(&dir);
+    assert_eq!(info_state(&empty)["state"], "not-created");
+    // Nothing to pause yet; a bad snapshot is refused and the VMM waits on.
+    let (ok, _, err) = api(&empty, &["pause"]);
+    assert!(!ok && err.contains("no VM yet"), "{err}");
+    let missing = dir.join("missing");
+    let (ok, _, err) = api(&empty, &["restore", missing.to_str().unwrap()]);
+    assert!(!ok && err.contains("missing"), "{err}");
+    let info = info_state(&empty);
+    assert_eq!(info["state"], "not-created");
+    assert!(
+        info["error"].as_str().unwrap().contains("missing"),
+        "{info}"
+    );
+
+    let (ok, out, err) = api(&empty, &["restore", snap.to_str().unwrap()]);
+    assert!(ok, "{out}{err}\n{}", vmm.output());
+    let first = next_count(&mut vmm);
+    assert!(
+        first > last,
+        "restored counter {first} does not continue after {last}"
+    );
+    assert_eq!(info_state(&empty)["state"], "running");
+    // One VM per VMM.
+    let (ok, _, err) = api(&empty, &["restore", snap.to_str().unwrap()]);
+    assert!(!ok && err.contains("already runs a VM"), "{err}");
+    assert!(api(&empty, &["shutdown"]).0);
+    assert!(
+        vmm.wait_for_exit(TIMEOUT).unwrap().success(),
+        "{}",
+        vmm.output()
+    );
+}
+
+#[test]
+fn a_vmm_without_a_vm_receives_a_migration_through_the_api() {
+    let dir = scratch("api-receive");
+    let (mut dest, empty) = empty_vmm(&dir);
+    let url = format!("unix:{}", dir.join("in.sock").display());
+
+    // A stream that is not a migration fails the receive; the VMM waits on.
+    let (ok, out, err) = api(&empty, &["receive-migration", &url]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(info_state(&empty)["state"], "receiving");
+    let (ok, _, err) = api(&empty, &["receive-migration", &url]);
+    assert!(!ok && err.contains("already receiving"), "{err}");
+    {
+        use std::io::Write;
+        let mut junk = std::os::unix::net::UnixStream::connect(dir.join("in.sock")).unwrap();
+        let _ = junk.write_all(&[0x5a; 64]);
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let info = loop {
+        let info = info_state(&empty);
+        if info["state"] == "not-created" {
+            break info;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(info["error"].is_string(), "{info}");
+
+    // A real migration then arrives and runs here.
+    let (ok, out, err) = api(&empty, &["receive-migration", &url]);
+    assert!(ok, "{out}{err}");
+    let (mut src, socket) = source_vm(&dir, "scenario=checksum interval=100");
+    let before = src.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    let (ok, out, err) = api(&socket, &["send-migration", &url]);
+    assert!(ok, "send-migration failed:\n{out}\n{err}\n{}", src.output());
+    assert!(
+        src.wait_for_exit(TIMEOUT).unwrap().success(),
+        "{}",
+        src.output()
+    );
+    let after = dest.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    assert_eq!(
+        before.split(' ').next_back(),
+        after.split(' ').next_back(),
+        "RAM checksum changed: {before} -> {after}"
+    );
+    assert_eq!(info_state(&empty)["state"], "running");
+    assert!(api(&empty, &["shutdown"]).0);
+    assert!(
+        dest.wait_for_exit(TIMEOUT).unwrap().success(),
+        "{}",
+        dest.output()
+    );
+}

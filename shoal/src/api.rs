@@ -39,7 +39,7 @@ pub enum ApiCommand {
         #[arg(value_name = "DIR")]
         destination: PathBuf,
     },
-    /// Restore a snapshot (only a VM started to wait for one accepts it).
+    /// Restore a snapshot into a VMM started without a VM (`shoal run --api-socket PATH`).
     Restore {
         #[arg(value_name = "DIR")]
         source: PathBuf,
@@ -64,7 +64,7 @@ pub enum ApiCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Receive a VM on URL (only a VM started with --incoming accepts it).
+    /// Receive a VM on URL into a VMM started without a VM (answers once listening; `info` follows it).
     ReceiveMigration {
         #[arg(value_name = "URL")]
         receiver_url: String,

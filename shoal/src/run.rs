@@ -10,8 +10,10 @@ use vmm::config::{self, SerialOutput, VmConfig};
 /// Options of `shoal run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Kernel: a PVH ELF, an ELF vmlinux or a bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "incoming"])]
+    /// Kernel: a PVH ELF, an ELF vmlinux or a bzImage. Without --kernel,
+    /// --restore or --incoming, the VMM starts with no VM and waits for
+    /// `vm.restore` or `vm.receive-migration` on --api-socket.
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "incoming", "api_socket"])]
     kernel: Option<PathBuf>,
     /// Start from the snapshot in DIR instead of booting (the snapshot's
     /// configuration is used; --serial may redirect its output).
@@ -30,12 +32,12 @@ pub struct RunArgs {
     /// Kernel command line.
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    cpus: u32,
-    /// Guest memory, e.g. 512M or 2G.
-    #[arg(long, value_name = "SIZE", default_value = "512M")]
-    memory: String,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    cpus: Option<u32>,
+    /// Guest memory, e.g. 512M or 2G [default: 512M].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
     /// Where COM1 output goes: stdout, off or file=PATH.
     #[arg(long, value_name = "WHERE", default_value = "stdout")]
     serial: String,
@@ -67,13 +69,32 @@ fn launch(args: RunArgs) -> Result<(vmm::Launch, vmm::RunOptions), config::Confi
     if let Some(url) = args.incoming {
         return Ok((vmm::Launch::Incoming { url }, options));
     }
+    let Some(kernel) = args.kernel else {
+        // clap let this through only with --api-socket: a VMM without a VM.
+        let vm_options = [
+            ("--initramfs", args.initramfs.is_some()),
+            ("--cmdline", !args.cmdline.is_empty()),
+            ("--cpus", args.cpus.is_some()),
+            ("--memory", args.memory.is_some()),
+            ("--shmem-group", !args.shmem_group.is_empty()),
+            ("--shmem", !args.shmem.is_empty()),
+            ("--no-reboot", args.no_reboot),
+        ];
+        if let Some((name, _)) = vm_options.iter().find(|(_, given)| *given) {
+            return Err(config::ConfigError::NeedsKernel(name.to_string()));
+        }
+        if args.serial != "stdout" {
+            options.serial = Some(args.serial.parse::<SerialOutput>()?);
+        }
+        return Ok((vmm::Launch::Api, options));
+    };
     let config = VmConfig {
-        memory: config::parse_memory(&args.memory)?,
+        memory: config::parse_memory(args.memory.as_deref().unwrap_or("512M"))?,
         serial: args.serial.parse::<SerialOutput>()?,
-        kernel: args.kernel.unwrap_or_default(),
+        kernel,
         initramfs: args.initramfs,
         cmdline: args.cmdline,
-        cpus: args.cpus,
+        cpus: args.cpus.unwrap_or(1),
         reboot: !args.no_reboot,
         groups: args
             .shmem_group

@@ -35,6 +35,8 @@ pub enum ConfigError {
     BadGroup(String),
     #[error("bad --shmem {0:?}: use path=FILE,size=SIZE (a power of two of at least 4K)")]
     BadPlainShmem(String),
+    #[error("{0} describes a VM to boot: give --kernel too (without --kernel, --api-socket starts a VMM that waits for vm.restore or vm.receive-migration)")]
+    NeedsKernel(String),
 }
 
 /// `--shmem-group socket=PATH[,vectors=N]`: join a group server.

@@ -17,7 +17,7 @@ use crate::boot::{boot, RamSource, Start};
 use crate::config::{SerialOutput, VmConfig};
 use crate::memory::GuestRam;
 use crate::migrate::{IncomingVm, VmSource};
-use crate::migration::{self, MigrationProgress, MigrationUrl};
+use crate::migration::{self, Listener, MigrationProgress, MigrationUrl};
 use crate::vm::{Error, RunningVm};
 use crate::{signals, ExitReason, VmEvent};
 
@@ -33,6 +33,9 @@ pub enum Launch {
     Restore { dir: PathBuf },
     /// Receive a migrating VM at `url` (`unix:PATH` or `tcp:HOST:PORT`).
     Incoming { url: String },
+    /// No VM yet: serve the control API until `vm.restore` or
+    /// `vm.receive-migration` creates one (needs `RunOptions::api_socket`).
+    Api,
 }
 
 /// Options of `run` besides the VM itself.
@@ -79,14 +82,17 @@ fn restore(
     Ok(vm)
 }
 
+fn listen(url: &str) -> Result<Listener, Error> {
+    let url = MigrationUrl::parse(url).map_err(|e| Error::Migration(e.into()))?;
+    url.listen().map_err(|e| Error::Migration(e.into()))
+}
+
 fn receive(
     hyp: &KvmHypervisor,
-    url: &str,
+    listener: &Listener,
     serial: &Option<SerialOutput>,
     events: &Sender<VmEvent>,
 ) -> Result<RunningVm, Error> {
-    let url = MigrationUrl::parse(url).map_err(|e| Error::Migration(e.into()))?;
-    let listener = url.listen().map_err(|e| Error::Migration(e.into()))?;
     log::info!("waiting for an incoming migration");
     let stream = listener.accept().map_err(|e| Error::Migration(e.into()))?;
     let mut target = IncomingVm::new(hyp, events.clone(), serial.clone());
@@ -108,6 +114,128 @@ fn receive(
     Arc::try_unwrap(vm).map_err(|_| Error::Guest("the incoming VM is still shared".into()))
 }
 
+/// A VM received for a VMM started without one, or why receiving failed.
+pub struct Received(Box<Result<RunningVm, Error>>);
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            Ok(_) => f.write_str("Received(Ok(vm))"),
+            Err(e) => write!(f, "Received(Err({e}))"),
+        }
+    }
+}
+
+/// How the VMM without a VM ([`Launch::Api`]) ended its wait.
+enum Created {
+    Vm(Box<RunningVm>),
+    Exit(ExitReason),
+}
+
+/// The VMM without a VM: answers the API until `vm.restore` or
+/// `vm.receive-migration` creates the VM, or it is told to stop. A restore
+/// runs on this thread (the answer says whether it worked); a receive
+/// answers 202 once it listens, then runs on a thread of its own so that
+/// `vm.info` keeps answering (`receiving`) and a failed receive leaves the
+/// VMM waiting for the next request.
+fn wait_for_vm(
+    hyp: &KvmHypervisor,
+    serial: &Option<SerialOutput>,
+    events: &Sender<VmEvent>,
+    rx: &Receiver<VmEvent>,
+) -> Result<Created, Error> {
+    let mut receiving: Option<String> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        let Ok(event) = rx.recv() else {
+            return Err(Error::Guest("control channel closed".into()));
+        };
+        let (request, reply) = match event {
+            VmEvent::Signal(sig) => return Ok(Created::Exit(ExitReason::Signal(sig))),
+            VmEvent::Incoming(Received(result)) => match *result {
+                Ok(vm) => return Ok(Created::Vm(Box::new(vm))),
+                Err(e) => {
+                    let why = migration::error_chain(&e);
+                    log::error!("receiving a VM failed, waiting for the next request: {why}");
+                    receiving = None;
+                    last_error = Some(why);
+                    continue;
+                }
+            },
+            VmEvent::Api(message) => message,
+            _ => continue,
+        };
+        let busy = |url: &str| ApiResponse::conflict(&format!("already receiving a VM at {url}"));
+        let response = match request {
+            ApiRequest::VmInfo => ApiResponse::json(&VmInfo {
+                config: serde_json::Value::Null,
+                state: if receiving.is_some() {
+                    VmRunState::Receiving
+                } else {
+                    VmRunState::NotCreated
+                },
+                vcpus: Vec::new(),
+                devices: Vec::new(),
+                groups: Vec::new(),
+                error: last_error.clone(),
+            }),
+            ApiRequest::VmShutdown => {
+                let _ = reply.send(ApiResponse::ok());
+                return Ok(Created::Exit(ExitReason::Shutdown));
+            }
+            ApiRequest::VmRestore { .. } | ApiRequest::ReceiveMigration(_)
+                if receiving.is_some() =>
+            {
+                busy(receiving.as_deref().unwrap_or_default())
+            }
+            ApiRequest::VmRestore { source } => match restore(hyp, &source, serial, events) {
+                Ok(vm) => {
+                    let _ = reply.send(ApiResponse::ok());
+                    return Ok(Created::Vm(Box::new(vm)));
+                }
+                Err(e) => {
+                    let why = migration::error_chain(&e);
+                    log::error!("restore from {} failed: {why}", source.display());
+                    last_error = Some(why.clone());
+                    ApiResponse::error(400, &why)
+                }
+            },
+            ApiRequest::ReceiveMigration(opts) => match listen(&opts.receiver_url) {
+                Ok(listener) => {
+                    spawn_receiver(listener, serial.clone(), events.clone())?;
+                    receiving = Some(opts.receiver_url);
+                    last_error = None;
+                    ApiResponse::accepted()
+                }
+                Err(e) => ApiResponse::error(400, &migration::error_chain(&e)),
+            },
+            _ => ApiResponse::conflict(
+                "no VM yet: create one with vm.restore or vm.receive-migration",
+            ),
+        };
+        let _ = reply.send(response);
+    }
+}
+
+/// Receives a VM on `listener` in a thread of its own; the result comes
+/// back to the control loop as [`VmEvent::Incoming`].
+fn spawn_receiver(
+    listener: Listener,
+    serial: Option<SerialOutput>,
+    events: Sender<VmEvent>,
+) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("receive".into())
+        .spawn(move || {
+            let result = KvmHypervisor::new()
+                .map_err(Error::from)
+                .and_then(|hyp| receive(&hyp, &listener, &serial, &events));
+            let _ = events.send(VmEvent::Incoming(Received(Box::new(result))));
+        })
+        .map_err(Error::Thread)?;
+    Ok(())
+}
+
 /// Runs a VM until the guest powers off, a signal arrives, the VM migrates
 /// away, or something fails. Reboots on guest reset when the configuration
 /// says so.
@@ -122,7 +250,15 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
     let vm = match &launch {
         Launch::Boot(config) => boot(&hyp, config, &tx, Start::Fresh)?,
         Launch::Restore { dir } => restore(&hyp, dir, &options.serial, &tx)?,
-        Launch::Incoming { url } => receive(&hyp, url, &options.serial, &tx)?,
+        Launch::Incoming { url } => receive(&hyp, &listen(url)?, &options.serial, &tx)?,
+        Launch::Api => match wait_for_vm(&hyp, &options.serial, &tx, &rx)? {
+            Created::Vm(vm) => *vm,
+            Created::Exit(reason) => {
+                drop(rx);
+                drop(_api);
+                return Ok(reason);
+            }
+        },
     };
     let result = Control {
         hyp: &hyp,
@@ -216,6 +352,8 @@ impl Control<'_> {
         match event {
             VmEvent::PowerOff => Next::Exit(Ok(ExitReason::PowerOff)),
             VmEvent::Signal(sig) => Next::Exit(Ok(ExitReason::Signal(sig))),
+            // Only a VMM without a VM receives one (see `wait_for_vm`).
+            VmEvent::Incoming(_) => Next::Continue,
             VmEvent::Failed(why) => Next::Exit(Err(Error::Guest(why))),
             VmEvent::Reset if self.vm.config.reboot && !self.migrating => {
                 log::info!("guest reset: rebooting");
@@ -320,6 +458,7 @@ impl Control<'_> {
             vcpus,
             devices,
             groups,
+            error: None,
         }
     }
 
@@ -359,11 +498,10 @@ impl Control<'_> {
                     }
                 }
             }
-            ApiRequest::VmRestore { .. } => {
-                ApiResponse::conflict("a VM is running: restore with `shoal run --restore DIR`")
-            }
-            ApiRequest::ReceiveMigration(_) => {
-                ApiResponse::conflict("a VM is running: receive with `shoal run --incoming URL`")
+            ApiRequest::VmRestore { .. } | ApiRequest::ReceiveMigration(_) => {
+                ApiResponse::conflict(
+                    "this VMM already runs a VM: restore or receive in a new `shoal run --api-socket PATH`",
+                )
             }
             ApiRequest::SendMigration(_) if self.migrating => busy(),
             ApiRequest::SendMigration(opts) => self.send_migration(opts),

@@ -42,6 +42,9 @@ pub enum VmEvent {
     /// An outgoing migration ended: committed at the destination (`Ok`) or
     /// failed with the VM still running here (`Err`).
     MigrationDone(Result<migration::MigrationReport, String>),
+    /// A VM received through `vm.receive-migration` (a VMM started without
+    /// a VM), or why receiving it failed.
+    Incoming(control::Received),
 }
 
 /// Why a VM stopped, when it stopped cleanly.

@@ -124,6 +124,11 @@ impl ApiResponse {
 pub enum VmRunState {
     Running,
     Paused,
+    /// `shoal run --api-socket` without a VM: waiting for `vm.restore` or
+    /// `vm.receive-migration`.
+    NotCreated,
+    /// No VM yet; `vm.receive-migration` is listening or receiving.
+    Receiving,
 }
 
 /// One vCPU.
@@ -166,6 +171,9 @@ pub struct VmInfo {
     pub vcpus: Vec<VcpuInfo>,
     pub devices: Vec<DeviceInfo>,
     pub groups: Vec<GroupInfo>,
+    /// Without a VM: why the last restore or receive failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The body of `vm.snapshot`.

@@ -249,6 +249,7 @@ mod tests {
                         vcpus: vec![],
                         devices: vec![],
                         groups: vec![],
+                        error: None,
                     }),
                     ApiRequest::VmRestore { .. } => ApiResponse::conflict("the VM is running"),
                     _ => ApiResponse::ok(),
