@@ -323,58 +323,46 @@ impl Exchange {
         u64::from_le_bytes(w)
     }
 
-    fn round(&mut self, host: &Peer, vm: u16) {
-        let seq = self.rounds + 1;
+    /// Writes our data word for `seq`, then `seq` itself, and rings `peer`.
+    fn publish(&self, host: &Peer, seq: u64, peer: u16) {
         let me = self.slot(host.id());
-        host.mapping()
-            .write(
-                me + 8,
-                &(seq ^ EXCHANGE_SALT ^ u64::from(host.id())).to_le_bytes(),
-            )
-            .unwrap();
+        let data = seq ^ EXCHANGE_SALT ^ u64::from(host.id());
+        host.mapping().write(me + 8, &data.to_le_bytes()).unwrap();
         host.mapping().write(me, &seq.to_le_bytes()).unwrap();
-        host.ring(vm, 0).unwrap();
+        host.ring(peer, 0).unwrap();
+    }
+
+    /// Waits until `peer` published `seq` and its `seq`-th doorbell came,
+    /// and checks its data word.
+    fn await_peer(&mut self, host: &Peer, seq: u64, peer: u16) {
         let deadline = Instant::now() + TIMEOUT;
-        while Exchange::read(host, self.slot(vm)) < seq || self.received < seq {
+        while Exchange::read(host, self.slot(peer)) < seq || self.received < seq {
             assert!(Instant::now() < deadline, "round {seq} stalled");
             self.received += host.wait(0, Some(Duration::from_millis(20))).unwrap();
         }
-        let data = Exchange::read(host, self.slot(vm) + 8);
+        let data = Exchange::read(host, self.slot(peer) + 8);
         assert_eq!(
             data,
-            seq ^ EXCHANGE_SALT ^ u64::from(vm),
+            seq ^ EXCHANGE_SALT ^ u64::from(peer),
             "round {seq}: lost write"
         );
+    }
+
+    /// One round as the initiator towards `vm` (`role=responder` there).
+    fn round(&mut self, host: &Peer, vm: u16) {
+        let seq = self.rounds + 1;
+        self.publish(host, seq, vm);
+        self.await_peer(host, seq, vm);
         self.rounds = seq;
     }
-}
 
-impl Exchange {
     /// One round as the responder to `initiator` (`role=initiator` in a
     /// VM): waits for its seq n and its n-th doorbell, checks its data
     /// word, publishes seq n and rings back.
     fn respond(&mut self, host: &Peer, initiator: u16) {
         let seq = self.rounds + 1;
-        let deadline = Instant::now() + TIMEOUT;
-        while Exchange::read(host, self.slot(initiator)) < seq || self.received < seq {
-            assert!(Instant::now() < deadline, "round {seq} stalled");
-            self.received += host.wait(0, Some(Duration::from_millis(20))).unwrap();
-        }
-        let data = Exchange::read(host, self.slot(initiator) + 8);
-        assert_eq!(
-            data,
-            seq ^ EXCHANGE_SALT ^ u64::from(initiator),
-            "round {seq}: lost write"
-        );
-        let me = self.slot(host.id());
-        host.mapping()
-            .write(
-                me + 8,
-                &(seq ^ EXCHANGE_SALT ^ u64::from(host.id())).to_le_bytes(),
-            )
-            .unwrap();
-        host.mapping().write(me, &seq.to_le_bytes()).unwrap();
-        host.ring(initiator, 0).unwrap();
+        self.await_peer(host, seq, initiator);
+        self.publish(host, seq, initiator);
         self.rounds = seq;
         if seq == 1 {
             // Round 1 re-rings, uncounted, until every peer knows every
