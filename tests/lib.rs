@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! End-to-end test helpers: the test guest image, the `shoal` binary, and
-//! [`GuestProcess`], a VMM child whose serial output is read line by line.
+//! End-to-end test helpers: the test guest image, the `shoal` binary,
+//! [`GuestProcess`], a VMM child whose serial output is read line by line,
+//! and [`frame_proxy`], a migration man in the middle that breaks the
+//! stream at a chosen frame.
 //!
 //! Owns the harness only; the tests themselves are one file per feature
 //! area next to this one. Depends on no Shoal crate: the tests drive the
@@ -14,6 +16,8 @@
 //! vm.wait_for_line("SHOAL-TG done", Duration::from_secs(30)).unwrap();
 //! assert!(vm.error_lines().is_empty(), "{}", vm.output());
 //! ```
+
+pub mod frame_proxy;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use shoal_tests::frame_proxy::{frame_proxy, Fault, Trigger, COMMIT, GO, HELLO, PAGES, STATE};
 use shoal_tests::{shoal_binary, test_guest_path, GuestProcess};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -402,162 +403,6 @@ fn live_migration_over_tcp_between_network_namespaces() {
     assert!(dest.error_lines().is_empty(), "{}", dest.output());
 }
 
-/// Frame kinds of the migration stream (docs/migration.md).
-const HELLO: u8 = 1;
-const ACK: u8 = 2;
-const PAGES: u8 = 3;
-const STATE: u8 = 5;
-const COMMIT: u8 = 6;
-const GO: u8 = 8;
-
-/// What the proxy does to the stream at its trigger frame.
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    /// SIGKILL the destination; the frame is not forwarded.
-    KillDestination,
-    /// Shut both connections down; the frame is not forwarded.
-    Cut,
-    /// Flip a payload byte, then forward.
-    Corrupt,
-    /// Rewrite the header's stream version to 1 (the version before `go`;
-    /// header checksum recomputed, so only the version is wrong), then
-    /// forward.
-    Version,
-}
-
-/// Where [`frame_proxy`] applies its fault: the `nth` frame of `kind`
-/// from the source, or (`from_destination`) from the destination.
-#[derive(Clone, Copy, Debug)]
-struct Trigger {
-    kind: u8,
-    nth: u32,
-    fault: Fault,
-    from_destination: bool,
-}
-
-impl Trigger {
-    fn source(kind: u8, nth: u32, fault: Fault) -> Self {
-        Trigger {
-            kind,
-            nth,
-            fault,
-            from_destination: false,
-        }
-    }
-}
-
-/// CRC-32C, bitwise (the frame header checksum; 20 bytes, speed is moot).
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// Forwards frames (24-byte header, then the payload of the length it
-/// gives) from `from` to `to`, applying `fault` at the `nth` frame of
-/// `kind` (`None`: forward everything). Returns the kinds it forwarded.
-fn pump(
-    from: &mut std::os::unix::net::UnixStream,
-    to: &mut std::os::unix::net::UnixStream,
-    trigger: Option<Trigger>,
-    destination_pid: u32,
-) -> Vec<u8> {
-    use std::io::{Read, Write};
-    use std::net::Shutdown;
-    let mut seen = Vec::new();
-    let mut count = 0;
-    loop {
-        let mut h = [0u8; 24];
-        if from.read_exact(&mut h).is_err() {
-            break;
-        }
-        let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
-        let mut payload = vec![0u8; len];
-        if from.read_exact(&mut payload).is_err() {
-            break;
-        }
-        if let Some(t) = trigger.filter(|t| t.kind == h[6]) {
-            count += 1;
-            if count == t.nth {
-                match t.fault {
-                    Fault::KillDestination => {
-                        // SAFETY: kill(2) on the pid of our own child.
-                        unsafe { libc::kill(destination_pid as i32, libc::SIGKILL) };
-                        break;
-                    }
-                    Fault::Cut => {
-                        // Both ways at once, like a pulled cable.
-                        let _ = to.shutdown(Shutdown::Both);
-                        let _ = from.shutdown(Shutdown::Both);
-                        break;
-                    }
-                    Fault::Corrupt => payload[len / 2] ^= 0x20,
-                    Fault::Version => {
-                        h[4..6].copy_from_slice(&1u16.to_le_bytes());
-                        let crc = crc32c(&h[..20]);
-                        h[20..24].copy_from_slice(&crc.to_le_bytes());
-                    }
-                }
-            }
-        }
-        seen.push(h[6]);
-        if to.write_all(&h).is_err() || to.write_all(&payload).is_err() {
-            break;
-        }
-    }
-    seen
-}
-
-/// A man in the middle that knows the frame layout: forwards the stream
-/// both ways frame by frame and applies `trigger`'s fault. Returns the
-/// address for the source and a thread yielding the kinds it forwarded
-/// from the source.
-fn frame_proxy(
-    dir: &Path,
-    destination: PathBuf,
-    destination_pid: u32,
-    trigger: Trigger,
-) -> (String, std::thread::JoinHandle<Vec<u8>>) {
-    use std::net::Shutdown;
-    use std::os::unix::net::{UnixListener, UnixStream};
-    let path = dir.join("proxy.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let (forward, back) = if trigger.from_destination {
-        (None, Some(trigger))
-    } else {
-        (Some(trigger), None)
-    };
-    let t = std::thread::spawn(move || {
-        let Ok((mut from_source, _)) = listener.accept() else {
-            return Vec::new();
-        };
-        let mut to_dest = UnixStream::connect(&destination).unwrap();
-        let mut back_from = to_dest.try_clone().unwrap();
-        let mut back_to = from_source.try_clone().unwrap();
-        let back = std::thread::spawn(move || {
-            pump(&mut back_from, &mut back_to, back, destination_pid);
-            let _ = back_to.shutdown(Shutdown::Both);
-        });
-        let seen = pump(&mut from_source, &mut to_dest, forward, destination_pid);
-        // The destination may still be answering (an abort with its
-        // reason): let that through before closing the source's side.
-        let _ = to_dest.shutdown(Shutdown::Write);
-        let _ = back.join();
-        let _ = from_source.shutdown(Shutdown::Both);
-        seen
-    });
-    (format!("unix:{}", path.display()), t)
-}
-
 /// A migration through a [`frame_proxy`]: both VMs, their API sockets
 /// (the destination's if it has one) and the result of `send-migration`.
 struct Faulted {
@@ -581,7 +426,7 @@ fn migrate_through(name: &str, trigger: Trigger, dest_api: bool) -> Faulted {
     }
     let dest = GuestProcess::shoal(&args).unwrap();
     wait_for_socket(&dest_sock);
-    let (proxy, seen) = frame_proxy(&dir, dest_sock, dest.pid(), trigger);
+    let (proxy, seen) = frame_proxy(&dir, dest_sock, dest.pid(), trigger).unwrap();
     // 4 MiB rewritten all the time: several page frames per pass, and the
     // guest checks every page it rewrites.
     let (mut src, socket) = source_vm(&dir, "scenario=dirty pages=1024 every=16");
@@ -721,17 +566,6 @@ fn dirty_pass(line: &str) -> Option<u64> {
     line.strip_prefix("SHOAL-TG dirty pass ")?.parse().ok()
 }
 
-/// The destination's commit acknowledgement is cut off on its way back.
-fn ack_lost() -> Trigger {
-    Trigger {
-        kind: ACK,
-        // The first acknowledges the hello, the second the commit.
-        nth: 2,
-        fault: Fault::Cut,
-        from_destination: true,
-    }
-}
-
 /// The destination restored the VM and keeps it paused, saying why.
 fn assert_kept_paused(dest: &GuestProcess, api_sock: &Path) {
     wait_for_log(dest, "kept paused");
@@ -750,7 +584,7 @@ fn assert_kept_paused(dest: &GuestProcess, api_sock: &Path) {
 
 #[test]
 fn commit_ack_lost_leaves_the_source_running_and_the_destination_paused() {
-    let mut f = migrate_through("ack-lost", ack_lost(), true);
+    let mut f = migrate_through("ack-lost", Trigger::ack_lost(), true);
     assert_failed_and_source_runs(&mut f.src, &f.socket, &f.result, "before committing");
     let api_sock = f.dest_api.unwrap();
     assert_kept_paused(&f.dest, &api_sock);
@@ -818,7 +652,7 @@ fn go_lost_leaves_a_paused_destination_that_resumes_the_guest() {
 
 #[test]
 fn a_paused_destination_without_an_api_socket_says_it_cannot_be_resumed() {
-    let mut f = migrate_through("ack-lost-no-api", ack_lost(), false);
+    let mut f = migrate_through("ack-lost-no-api", Trigger::ack_lost(), false);
     assert_failed_and_source_runs(&mut f.src, &f.socket, &f.result, "before committing");
     wait_for_log(&f.dest, "has no --api-socket, so it cannot be resumed");
     // The operator stops it.

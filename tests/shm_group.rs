@@ -588,3 +588,138 @@ fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
     assert_exchange_clean(&mut mv.dest);
     assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
 }
+
+/// `shoal api --socket <socket> <args>`: (success, stdout + stderr).
+fn api(socket: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(shoal_tests::shoal_binary().unwrap())
+        .arg("api")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_member_whose_commit_ack_is_lost_keeps_its_id_and_doorbells_at_the_source() {
+    use shoal_tests::frame_proxy::{frame_proxy, Trigger};
+    let group = Group::start("ack-lost", 1);
+    let dir = group.socket.parent().unwrap().to_path_buf();
+    let mut host = Peer::connect(&group.socket).unwrap();
+    host.watch().unwrap();
+    let base = host.data_offset() as usize;
+    // The destination takes the membership over when it restores the
+    // state, before its acknowledgement is lost.
+    let (mig, dest_api) = (dir.join("mig.sock"), dir.join("dest-api.sock"));
+    let mut dest = GuestProcess::shoal(&[
+        "run",
+        "--incoming",
+        &format!("unix:{}", mig.display()),
+        "--api-socket",
+        dest_api.to_str().unwrap(),
+    ])
+    .unwrap();
+    let api_sock = dir.join("api.sock");
+    let mut src = GuestProcess::shoal(&[
+        "run",
+        "--kernel",
+        shoal_tests::test_guest_path().to_str().unwrap(),
+        "--memory",
+        "128M",
+        "--cmdline",
+        &format!(
+            "scenario=shm op=info,exchange role=responder peer={} every=16 rering=2",
+            host.id()
+        ),
+        "--shmem-group",
+        &format!("socket={}", group.socket.display()),
+        "--api-socket",
+        api_sock.to_str().unwrap(),
+    ])
+    .unwrap();
+    let vm = shm_id(&mut src);
+    wait_for_join(&mut host, Some(vm));
+    src.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
+    let mut ex = Exchange {
+        base,
+        rounds: 0,
+        received: 0,
+    };
+    for _ in 0..50 {
+        ex.round(&host, vm);
+    }
+    // Rounds from here on also collect the member's membership events.
+    let mut events = Vec::new();
+    let mut step = |host: &mut Peer, ex: &mut Exchange| {
+        ex.round(host, vm);
+        for e in host.poll_events().unwrap() {
+            if let Membership::Event(e) = e {
+                if e.id == vm {
+                    events.push(e.kind);
+                }
+            }
+        }
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while !mig.exists() {
+        assert!(Instant::now() < deadline, "the destination does not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (proxy, seen) = frame_proxy(&dir, mig, dest.pid(), Trigger::ack_lost()).unwrap();
+    let migrate = {
+        let api_sock = api_sock.clone();
+        std::thread::spawn(move || api(&api_sock, &["send-migration", &proxy]))
+    };
+    // The host keeps exchanging; rounds while the source is paused wait
+    // for it to resume.
+    while !migrate.is_finished() {
+        step(&mut host, &mut ex);
+    }
+    let (ok, said) = migrate.join().unwrap();
+    assert!(!ok, "the migration succeeded:\n{said}");
+    assert!(said.contains("the VM runs on here"), "{said}");
+    seen.join().unwrap();
+    // The destination waits, paused, with the membership it took over.
+    let deadline = Instant::now() + TIMEOUT;
+    while !dest.stderr().contains("kept paused") {
+        assert!(Instant::now() < deadline, "{}", dest.output());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ok, info) = api(&dest_api, &["info"]);
+    assert!(ok && info.contains("\"paused\""), "{info}");
+    // The source took its membership back: same id, doorbells both ways.
+    for _ in 0..50 {
+        step(&mut host, &mut ex);
+    }
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    // The operator shuts the paused copy down; the member is not affected.
+    let (ok, said) = api(&dest_api, &["shutdown"]);
+    assert!(ok, "{said}");
+    assert!(
+        dest.wait_for_exit(TIMEOUT).unwrap().success(),
+        "{}",
+        dest.output()
+    );
+    for _ in 0..50 {
+        step(&mut host, &mut ex);
+    }
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    // Taken over by the destination, taken back by the source, once each:
+    // the paused destination did not fight for it.
+    use shmem_group::ext::EventKind;
+    assert_eq!(
+        events,
+        vec![EventKind::Migrating, EventKind::Resumed, EventKind::Resumed],
+        "membership events of the member"
+    );
+    assert!(dest.guest_lines().is_empty(), "{}", dest.output());
+    stop_exchange(&host, base, &[vm]);
+    assert_exchange_clean(&mut src);
+    assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
+}
