@@ -438,7 +438,7 @@ impl Control<'_> {
                 match result {
                     Ok(report) => {
                         log::info!(
-                            "migration complete in {} ms, downtime {} ms, {} bytes sent: the VM runs at the destination",
+                            "migration complete in {} ms, downtime {} ms, {} bytes sent: go sent, the VM runs at the destination",
                             report.total_ms,
                             report.downtime_ms,
                             report.bytes_total
