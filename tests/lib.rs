@@ -177,6 +177,25 @@ pub fn shoal_binary() -> Result<PathBuf, HarnessError> {
         .map_err(HarnessError::ShoalBinary)
 }
 
+/// `shoal api --socket <socket> <args>`: (success, stdout, stderr).
+pub fn shoal_api(socket: &Path, args: &[&str]) -> Result<(bool, String, String), HarnessError> {
+    let out = Command::new(shoal_binary()?)
+        .arg("api")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .map_err(|source| HarnessError::Spawn {
+            program: "shoal api".into(),
+            source,
+        })?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// What the reader thread sends: a line, or the end of the output.
 #[derive(Debug)]
 enum Event {

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shoal_tests::frame_proxy::{frame_proxy, Fault, Trigger, COMMIT, GO, HELLO, PAGES, STATE};
-use shoal_tests::{shoal_binary, test_guest_path, GuestProcess};
+use shoal_tests::{shoal_api, shoal_binary, test_guest_path, GuestProcess};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -22,18 +22,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// `shoal api --socket <socket> <args>`: (success, stdout, stderr).
 fn api(socket: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(shoal_binary().unwrap())
-        .arg("api")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    shoal_api(socket, args).unwrap()
 }
 
 /// Waits for the API socket of a starting VM.

@@ -790,69 +790,73 @@ fn assert_restored_not_started(res: Result<ReceiveReport, MigrationError>, targe
     assert!(target.state.is_some(), "the restored VM must be kept");
 }
 
-#[test]
-fn commit_ack_lost_leaves_the_source_running_and_the_destination_not_started() {
+/// A fake VM migrated through a [`spawn_commit_proxy`].
+struct CommitRun {
+    vm: Arc<FakeVm>,
+    sent: Result<MigrationReport, MigrationError>,
+    status: MigrationStatus,
+    received: Result<ReceiveReport, MigrationError>,
+    target: FakeTarget,
+}
+
+fn migrate_with_commit_fault(name: &str, fault: CommitFault) -> CommitRun {
     let vm = FakeVm::new(4 * MIB).unwrap();
     vm.fill(3).unwrap();
-    let (rx, url) = spawn_receiver(
-        &format!("unix:{}", sock_path("ack-lost")),
-        FakeTarget::default(),
-    );
-    let proxy = spawn_commit_proxy(url, CommitFault::DropAck);
-    let err = send(vm.as_ref(), &opts(&proxy), &MigrationProgress::default()).unwrap_err();
+    let (rx, url) = spawn_receiver(&format!("unix:{}", sock_path(name)), FakeTarget::default());
+    let proxy = spawn_commit_proxy(url, fault);
+    let progress = MigrationProgress::default();
+    let sent = send(vm.as_ref(), &opts(&proxy), &progress);
+    let (received, target) = rx.join().unwrap();
+    CommitRun {
+        vm,
+        sent,
+        status: progress.status(),
+        received,
+        target,
+    }
+}
+
+#[test]
+fn commit_ack_lost_leaves_the_source_running_and_the_destination_not_started() {
+    let run = migrate_with_commit_fault("ack-lost", CommitFault::DropAck);
+    let err = run.sent.unwrap_err();
     assert!(
         matches!(err, MigrationError::DestinationClosed),
         "{}",
         error_chain(&err)
     );
-    assert_source_runs(&vm);
-    assert_eq!(vm.pause_resume_counts(), (1, 1));
-    let (res, target) = rx.join().unwrap();
-    assert_restored_not_started(res, &target);
+    assert_source_runs(&run.vm);
+    assert_eq!(run.vm.pause_resume_counts(), (1, 1));
+    assert_eq!(run.status.state, MigrationState::Failed);
+    assert_restored_not_started(run.received, &run.target);
 }
 
 #[test]
 fn go_that_cannot_be_written_leaves_the_source_running_and_the_destination_not_started() {
-    let vm = FakeVm::new(4 * MIB).unwrap();
-    vm.fill(3).unwrap();
-    let (rx, url) = spawn_receiver(
-        &format!("unix:{}", sock_path("go-refused")),
-        FakeTarget::default(),
-    );
-    let proxy = spawn_commit_proxy(url, CommitFault::RefuseGo);
-    let progress = MigrationProgress::default();
-    let err = send(vm.as_ref(), &opts(&proxy), &progress).unwrap_err();
+    let run = migrate_with_commit_fault("go-refused", CommitFault::RefuseGo);
+    let err = run.sent.unwrap_err();
     assert!(
         matches!(err, MigrationError::Go(_)),
         "{}",
         error_chain(&err)
     );
-    assert_source_runs(&vm);
-    assert_eq!(vm.pause_resume_counts(), (1, 1));
-    assert_eq!(progress.status().state, MigrationState::Failed);
-    let (res, target) = rx.join().unwrap();
-    assert_restored_not_started(res, &target);
+    assert_source_runs(&run.vm);
+    assert_eq!(run.vm.pause_resume_counts(), (1, 1));
+    assert_eq!(run.status.state, MigrationState::Failed);
+    assert_restored_not_started(run.received, &run.target);
 }
 
 #[test]
 fn go_lost_leaves_the_source_committed_and_a_complete_paused_destination() {
-    let vm = FakeVm::new(4 * MIB).unwrap();
-    vm.fill(3).unwrap();
-    let (rx, url) = spawn_receiver(
-        &format!("unix:{}", sock_path("go-lost")),
-        FakeTarget::default(),
-    );
-    let proxy = spawn_commit_proxy(url, CommitFault::DropGo);
-    let progress = MigrationProgress::default();
-    send(vm.as_ref(), &opts(&proxy), &progress).unwrap();
+    let run = migrate_with_commit_fault("go-lost", CommitFault::DropGo);
+    run.sent.unwrap();
     // The source wrote go: it is committed and stays paused (it exits).
-    assert!(vm.is_paused());
-    assert_eq!(vm.pause_resume_counts(), (1, 0));
-    assert_eq!(progress.status().state, MigrationState::Completed);
-    let (res, target) = rx.join().unwrap();
+    assert!(run.vm.is_paused());
+    assert_eq!(run.vm.pause_resume_counts(), (1, 0));
+    assert_eq!(run.status.state, MigrationState::Completed);
     // Neither runs; the destination holds all of the guest for the operator.
-    assert!(vm.ram_bytes().unwrap() == target.ram_bytes().unwrap());
-    assert_restored_not_started(res, &target);
+    assert!(run.vm.ram_bytes().unwrap() == run.target.ram_bytes().unwrap());
+    assert_restored_not_started(run.received, &run.target);
 }
 
 /// A whole stream up to the commit, then `tail`.
