@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! End-to-end test helpers: the test guest image, the `shoal` binary, and
-//! [`GuestProcess`], a VMM child whose serial output is read line by line.
+//! End-to-end test helpers: the test guest image, the `shoal` binary,
+//! [`GuestProcess`], a VMM child whose serial output is read line by line,
+//! and [`frame_proxy`], a migration man in the middle that breaks the
+//! stream at a chosen frame.
 //!
 //! Owns the harness only; the tests themselves are one file per feature
 //! area next to this one. Depends on no Shoal crate: the tests drive the
@@ -14,6 +16,8 @@
 //! vm.wait_for_line("SHOAL-TG done", Duration::from_secs(30)).unwrap();
 //! assert!(vm.error_lines().is_empty(), "{}", vm.output());
 //! ```
+
+pub mod frame_proxy;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -171,6 +175,25 @@ pub fn shoal_binary() -> Result<PathBuf, HarnessError> {
         .get_or_init(build_shoal)
         .clone()
         .map_err(HarnessError::ShoalBinary)
+}
+
+/// `shoal api --socket <socket> <args>`: (success, stdout, stderr).
+pub fn shoal_api(socket: &Path, args: &[&str]) -> Result<(bool, String, String), HarnessError> {
+    let out = Command::new(shoal_binary()?)
+        .arg("api")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .map_err(|source| HarnessError::Spawn {
+            program: "shoal api".into(),
+            source,
+        })?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// What the reader thread sends: a line, or the end of the output.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_tests::{shoal_binary, test_guest_path, GuestProcess};
+use shoal_tests::frame_proxy::{frame_proxy, Fault, Trigger, COMMIT, GO, HELLO, PAGES, STATE};
+use shoal_tests::{shoal_api, shoal_binary, test_guest_path, GuestProcess};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -21,18 +22,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// `shoal api --socket <socket> <args>`: (success, stdout, stderr).
 fn api(socket: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(shoal_binary().unwrap())
-        .arg("api")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    shoal_api(socket, args).unwrap()
 }
 
 /// Waits for the API socket of a starting VM.
@@ -402,141 +392,30 @@ fn live_migration_over_tcp_between_network_namespaces() {
     assert!(dest.error_lines().is_empty(), "{}", dest.output());
 }
 
-/// Frame kinds of the migration stream (docs/migration.md).
-const HELLO: u8 = 1;
-const PAGES: u8 = 3;
-const STATE: u8 = 5;
-const COMMIT: u8 = 6;
-
-/// What the proxy does to the stream at its trigger frame.
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    /// SIGKILL the destination; the frame is not forwarded.
-    KillDestination,
-    /// Shut both connections down; the frame is not forwarded.
-    Cut,
-    /// Flip a payload byte, then forward.
-    Corrupt,
-    /// Rewrite the header's stream version to 2 (header checksum
-    /// recomputed, so only the version is wrong), then forward.
-    Version,
+/// A migration through a [`frame_proxy`]: both VMs, their API sockets
+/// (the destination's if it has one) and the result of `send-migration`.
+struct Faulted {
+    src: GuestProcess,
+    socket: PathBuf,
+    dest: GuestProcess,
+    dest_api: Option<PathBuf>,
+    result: (bool, String, String),
 }
 
-/// CRC-32C, bitwise (the frame header checksum; 20 bytes, speed is moot).
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// A man in the middle that knows the frame layout: forwards the source's
-/// stream to the destination frame by frame (24-byte header, then the
-/// payload of the length it gives) and applies `fault` at the `nth` frame
-/// of `kind`; the destination's answers go back untouched. Returns the
-/// address for the source and a thread yielding the kinds it forwarded.
-fn frame_proxy(
-    dir: &Path,
-    destination: PathBuf,
-    destination_pid: u32,
-    kind: u8,
-    nth: u32,
-    fault: Fault,
-) -> (String, std::thread::JoinHandle<Vec<u8>>) {
-    use std::io::{Read, Write};
-    use std::net::Shutdown;
-    use std::os::unix::net::{UnixListener, UnixStream};
-    let path = dir.join("proxy.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let t = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let Ok((mut from_source, _)) = listener.accept() else {
-            return seen;
-        };
-        let mut to_dest = UnixStream::connect(&destination).unwrap();
-        let mut back_from = to_dest.try_clone().unwrap();
-        let mut back_to = from_source.try_clone().unwrap();
-        let back = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut back_from, &mut back_to);
-            let _ = back_to.shutdown(Shutdown::Both);
-        });
-        let mut count = 0;
-        loop {
-            let mut h = [0u8; 24];
-            if from_source.read_exact(&mut h).is_err() {
-                break;
-            }
-            let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
-            let mut payload = vec![0u8; len];
-            if from_source.read_exact(&mut payload).is_err() {
-                break;
-            }
-            if h[6] == kind {
-                count += 1;
-                if count == nth {
-                    match fault {
-                        Fault::KillDestination => {
-                            // SAFETY: kill(2) on the pid of our own child.
-                            unsafe { libc::kill(destination_pid as i32, libc::SIGKILL) };
-                            break;
-                        }
-                        Fault::Cut => {
-                            // Both ways at once, like a pulled cable.
-                            let _ = to_dest.shutdown(Shutdown::Both);
-                            let _ = from_source.shutdown(Shutdown::Both);
-                            break;
-                        }
-                        Fault::Corrupt => payload[len / 2] ^= 0x20,
-                        Fault::Version => {
-                            h[4..6].copy_from_slice(&2u16.to_le_bytes());
-                            let crc = crc32c(&h[..20]);
-                            h[20..24].copy_from_slice(&crc.to_le_bytes());
-                        }
-                    }
-                }
-            }
-            seen.push(h[6]);
-            if to_dest.write_all(&h).is_err() || to_dest.write_all(&payload).is_err() {
-                break;
-            }
-        }
-        // The destination may still be answering (an abort with its
-        // reason): let that through before closing the source's side.
-        let _ = to_dest.shutdown(Shutdown::Write);
-        let _ = back.join();
-        let _ = from_source.shutdown(Shutdown::Both);
-        seen
-    });
-    (format!("unix:{}", path.display()), t)
-}
-
-/// A `dirty` source and a destination behind a [`frame_proxy`] applying
-/// `fault`; migrates and returns both VMs, the source's API socket and
-/// the result of `send-migration`.
-fn migrate_through_fault(
-    name: &str,
-    kind: u8,
-    nth: u32,
-    fault: Fault,
-) -> (GuestProcess, PathBuf, GuestProcess, (bool, String, String)) {
+/// A `dirty` source and a destination (with an API socket if `dest_api`)
+/// behind a [`frame_proxy`] applying `trigger`; migrates.
+fn migrate_through(name: &str, trigger: Trigger, dest_api: bool) -> Faulted {
     let dir = scratch(name);
     let dest_sock = dir.join("mig.sock");
-    let dest = GuestProcess::shoal(&[
-        "run",
-        "--incoming",
-        &format!("unix:{}", dest_sock.display()),
-    ])
-    .unwrap();
+    let api_sock = dir.join("dest-api.sock");
+    let url = format!("unix:{}", dest_sock.display());
+    let mut args = vec!["run", "--incoming", &url];
+    if dest_api {
+        args.extend(["--api-socket", api_sock.to_str().unwrap()]);
+    }
+    let dest = GuestProcess::shoal(&args).unwrap();
     wait_for_socket(&dest_sock);
-    let (proxy, seen) = frame_proxy(&dir, dest_sock, dest.pid(), kind, nth, fault);
+    let (proxy, seen) = frame_proxy(&dir, dest_sock, dest.pid(), trigger).unwrap();
     // 4 MiB rewritten all the time: several page frames per pass, and the
     // guest checks every page it rewrites.
     let (mut src, socket) = source_vm(&dir, "scenario=dirty pages=1024 every=16");
@@ -547,7 +426,25 @@ fn migrate_through_fault(
         seen.contains(&HELLO),
         "the proxy forwarded no hello: {seen:?}"
     );
-    (src, socket, dest, result)
+    Faulted {
+        src,
+        socket,
+        dest,
+        dest_api: dest_api.then_some(api_sock),
+        result,
+    }
+}
+
+/// [`migrate_through`] with a fault on a frame from the source, to a
+/// destination without an API socket.
+fn migrate_through_fault(
+    name: &str,
+    kind: u8,
+    nth: u32,
+    fault: Fault,
+) -> (GuestProcess, PathBuf, GuestProcess, (bool, String, String)) {
+    let f = migrate_through(name, Trigger::source(kind, nth, fault), false);
+    (f.src, f.socket, f.dest, f.result)
 }
 
 /// The migration failed, the error says `why`, and the source VM runs on
@@ -631,12 +528,130 @@ fn corrupt_stream_is_refused_and_the_source_runs_on() {
 fn stream_of_another_version_is_refused_and_the_source_runs_on() {
     let (mut src, socket, mut dest, result) =
         migrate_through_fault("version", HELLO, 1, Fault::Version);
-    assert_refused(&mut dest, "stream version 2 is not supported");
+    assert_refused(&mut dest, "stream version 1 is not supported");
     assert_failed_and_source_runs(
         &mut src,
         &socket,
         &result,
-        "stream version 2 is not supported",
+        "stream version 1 is not supported",
+    );
+}
+
+/// Waits until `vm`'s log (stderr) says `text`.
+fn wait_for_log(vm: &GuestProcess, text: &str) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !vm.stderr().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log does not say {text:?}:\n{}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The number in a `SHOAL-TG dirty pass <p>` line.
+fn dirty_pass(line: &str) -> Option<u64> {
+    line.strip_prefix("SHOAL-TG dirty pass ")?.parse().ok()
+}
+
+/// The destination restored the VM and keeps it paused, saying why.
+fn assert_kept_paused(dest: &GuestProcess, api_sock: &Path) {
+    wait_for_log(dest, "kept paused");
+    let info = info_state(api_sock);
+    assert_eq!(info["state"], "paused", "{info}");
+    let why = info["paused_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("did not confirm the commit"), "{info}");
+    let hint = format!("shoal api --socket {} resume", api_sock.display());
+    assert!(dest.stderr().contains(&hint), "{}", dest.stderr());
+    assert!(
+        dest.guest_lines().is_empty(),
+        "the destination ran the guest:\n{}",
+        dest.output()
+    );
+}
+
+#[test]
+fn commit_ack_lost_leaves_the_source_running_and_the_destination_paused() {
+    let mut f = migrate_through("ack-lost", Trigger::ack_lost(), true);
+    assert_failed_and_source_runs(&mut f.src, &f.socket, &f.result, "before committing");
+    let api_sock = f.dest_api.unwrap();
+    assert_kept_paused(&f.dest, &api_sock);
+    // The source runs: the operator shuts the paused copy down.
+    let (ok, out, err) = api(&api_sock, &["shutdown"]);
+    assert!(ok, "{out}{err}");
+    let status = f.dest.wait_for_exit(TIMEOUT).unwrap();
+    assert!(status.success(), "{}", f.dest.output());
+    assert!(
+        f.dest.guest_lines().is_empty(),
+        "the destination ran the guest:\n{}",
+        f.dest.output()
+    );
+    // And the source goes on.
+    f.src.wait_for_line("SHOAL-TG dirty pass", TIMEOUT).unwrap();
+    assert!(f.src.error_lines().is_empty(), "{}", f.src.output());
+}
+
+#[test]
+fn go_lost_leaves_a_paused_destination_that_resumes_the_guest() {
+    let mut f = migrate_through("go-lost", Trigger::source(GO, 1, Fault::Cut), true);
+    let (ok, out, err) = &f.result;
+    assert!(ok, "the source did not commit:\n{out}\n{err}");
+    let status = f.src.wait_for_exit(TIMEOUT).unwrap();
+    assert!(status.success(), "{}", f.src.output());
+    let last = f
+        .src
+        .guest_lines()
+        .iter()
+        .rev()
+        .find_map(|l| dirty_pass(l))
+        .unwrap();
+    let api_sock = f.dest_api.unwrap();
+    assert_kept_paused(&f.dest, &api_sock);
+    // The source exited: the paused VM is the only copy; resume it.
+    let (ok, out, err) = api(&api_sock, &["resume"]);
+    assert!(ok, "{out}{err}\n{}", f.dest.output());
+    let first = loop {
+        let line = f
+            .dest
+            .wait_for_line("SHOAL-TG dirty pass", TIMEOUT)
+            .unwrap();
+        if let Some(n) = dirty_pass(&line) {
+            break n;
+        }
+    };
+    assert!(first > last, "pass {first} does not continue after {last}");
+    f.dest
+        .wait_for_line("SHOAL-TG dirty pass", TIMEOUT)
+        .unwrap();
+    let info = info_state(&api_sock);
+    assert_eq!(info["state"], "running", "{info}");
+    assert!(info.get("paused_reason").is_none(), "{info}");
+    // Every page the guest rewrote held what it wrote before, and it did
+    // not boot again.
+    assert!(f.dest.error_lines().is_empty(), "{}", f.dest.output());
+    assert!(
+        !f.dest.lines().iter().any(|l| l.contains("SHOAL-TG start")),
+        "{}",
+        f.dest.output()
+    );
+    assert!(api(&api_sock, &["shutdown"]).0);
+    assert!(f.dest.wait_for_exit(TIMEOUT).unwrap().success());
+}
+
+#[test]
+fn a_paused_destination_without_an_api_socket_says_it_cannot_be_resumed() {
+    let mut f = migrate_through("ack-lost-no-api", Trigger::ack_lost(), false);
+    assert_failed_and_source_runs(&mut f.src, &f.socket, &f.result, "before committing");
+    wait_for_log(&f.dest, "has no --api-socket, so it cannot be resumed");
+    // The operator stops it.
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(f.dest.pid() as i32, libc::SIGTERM) };
+    f.dest.wait_for_exit(TIMEOUT).unwrap();
+    assert!(
+        f.dest.guest_lines().is_empty(),
+        "the destination ran the guest:\n{}",
+        f.dest.output()
     );
 }
 

@@ -381,6 +381,18 @@ fn peer_state(host: &Peer, id: u16) -> Option<&'static str> {
         .map(|s| s.name())
 }
 
+/// Appends the membership events of peer `id` that `host` (watching)
+/// received since the last call.
+fn collect_events(host: &mut Peer, id: u16, events: &mut Vec<shmem_group::ext::EventKind>) {
+    for e in host.poll_events().unwrap() {
+        if let Membership::Event(e) = e {
+            if e.id == id {
+                events.push(e.kind);
+            }
+        }
+    }
+}
+
 /// Sets the exchange's stop word and rings `peers`.
 fn stop_exchange(host: &Peer, base: usize, peers: &[u16]) {
     host.mapping().write(base, &1u64.to_le_bytes()).unwrap();
@@ -404,6 +416,7 @@ fn assert_exchange_clean(vm: &mut GuestProcess) {
 struct Move {
     mig: PathBuf,
     api: PathBuf,
+    dest_api: PathBuf,
     dest: GuestProcess,
     src: GuestProcess,
 }
@@ -412,8 +425,15 @@ impl Move {
     fn start(group: &Group, cmdline: &str) -> Move {
         let dir = group.socket.parent().unwrap().to_path_buf();
         let (mig, api) = (dir.join("mig.sock"), dir.join("api.sock"));
-        let dest = GuestProcess::shoal(&["run", "--incoming", &format!("unix:{}", mig.display())])
-            .unwrap();
+        let dest_api = dir.join("dest-api.sock");
+        let dest = GuestProcess::shoal(&[
+            "run",
+            "--incoming",
+            &format!("unix:{}", mig.display()),
+            "--api-socket",
+            dest_api.to_str().unwrap(),
+        ])
+        .unwrap();
         let src = GuestProcess::shoal(&[
             "run",
             "--kernel",
@@ -431,8 +451,18 @@ impl Move {
         Move {
             mig,
             api,
+            dest_api,
             dest,
             src,
+        }
+    }
+
+    /// Waits until the destination listens.
+    fn wait_for_destination(&self) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.mig.exists() {
+            assert!(Instant::now() < deadline, "the destination does not listen");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -443,10 +473,7 @@ impl Move {
     /// as a lost doorbell).
     fn migrate_while(&mut self, mut work: impl FnMut()) {
         let deadline = Instant::now() + TIMEOUT;
-        while !self.mig.exists() {
-            assert!(Instant::now() < deadline, "the destination does not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_for_destination();
         let shoal = shoal_tests::shoal_binary().unwrap();
         let (api, url) = (self.api.clone(), format!("unix:{}", self.mig.display()));
         let migrate = std::thread::spawn(move || {
@@ -515,13 +542,7 @@ fn a_group_member_migrates_while_a_host_peer_and_another_vm_exchange_with_it() {
     let mut events = Vec::new();
     let mut step = |host: &mut Peer, ex: &mut Exchange| {
         ex.respond(host, member);
-        for e in host.poll_events().unwrap() {
-            if let Membership::Event(e) = e {
-                if e.id == member {
-                    events.push(e.kind);
-                }
-            }
-        }
+        collect_events(host, member, &mut events);
     };
     mv.migrate_while(|| step(&mut host, &mut ex));
     for _ in 0..30 {
@@ -574,5 +595,97 @@ fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
     assert_eq!(peer_state(&host, vm), Some("alive"));
     stop_exchange(&host, base, &[vm]);
     assert_exchange_clean(&mut mv.dest);
+    assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
+}
+
+/// `shoal api --socket <socket> <args>`: (success, stdout + stderr).
+fn api(socket: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = shoal_tests::shoal_api(socket, args).unwrap();
+    (ok, format!("{out}{err}"))
+}
+
+#[test]
+fn a_member_whose_commit_ack_is_lost_keeps_its_id_and_doorbells_at_the_source() {
+    use shoal_tests::frame_proxy::{frame_proxy, Trigger};
+    let group = Group::start("ack-lost", 1);
+    let mut host = Peer::connect(&group.socket).unwrap();
+    host.watch().unwrap();
+    let base = host.data_offset() as usize;
+    let mut mv = Move::start(
+        &group,
+        &format!(
+            "scenario=shm op=info,exchange role=responder peer={} every=16 rering=2",
+            host.id()
+        ),
+    );
+    let vm = shm_id(&mut mv.src);
+    wait_for_join(&mut host, Some(vm));
+    mv.src.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
+    let mut ex = Exchange {
+        base,
+        rounds: 0,
+        received: 0,
+    };
+    // Rounds also collect the member's membership events.
+    let mut events = Vec::new();
+    let mut step = |host: &mut Peer, ex: &mut Exchange| {
+        ex.round(host, vm);
+        collect_events(host, vm, &mut events);
+    };
+    for _ in 0..50 {
+        step(&mut host, &mut ex);
+    }
+    // The destination takes the membership over when it restores the
+    // state, before its acknowledgement is lost.
+    mv.wait_for_destination();
+    let dir = group.socket.parent().unwrap();
+    let trigger = Trigger::ack_lost();
+    let (proxy, seen) = frame_proxy(dir, mv.mig.clone(), mv.dest.pid(), trigger).unwrap();
+    let migrate = {
+        let api_sock = mv.api.clone();
+        std::thread::spawn(move || api(&api_sock, &["send-migration", &proxy]))
+    };
+    // The host keeps exchanging; rounds while the source is paused wait
+    // for it to resume.
+    while !migrate.is_finished() {
+        step(&mut host, &mut ex);
+    }
+    let (ok, said) = migrate.join().unwrap();
+    assert!(!ok, "the migration succeeded:\n{said}");
+    assert!(said.contains("the VM runs on here"), "{said}");
+    seen.join().unwrap();
+    // The destination waits, paused, with the membership it took over.
+    let deadline = Instant::now() + TIMEOUT;
+    while !mv.dest.stderr().contains("kept paused") {
+        assert!(Instant::now() < deadline, "{}", mv.dest.output());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ok, info) = api(&mv.dest_api, &["info"]);
+    assert!(ok && info.contains("\"paused\""), "{info}");
+    // The source took its membership back: same id, doorbells both ways.
+    for _ in 0..50 {
+        step(&mut host, &mut ex);
+    }
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    // The operator shuts the paused copy down; the member is not affected.
+    let (ok, said) = api(&mv.dest_api, &["shutdown"]);
+    assert!(ok, "{said}");
+    let status = mv.dest.wait_for_exit(TIMEOUT).unwrap();
+    assert!(status.success(), "{}", mv.dest.output());
+    for _ in 0..50 {
+        step(&mut host, &mut ex);
+    }
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    // Taken over by the destination, taken back by the source, once each:
+    // the paused destination did not fight for it.
+    use shmem_group::ext::EventKind;
+    assert_eq!(
+        events,
+        vec![EventKind::Migrating, EventKind::Resumed, EventKind::Resumed],
+        "membership events of the member"
+    );
+    assert!(mv.dest.guest_lines().is_empty(), "{}", mv.dest.output());
+    stop_exchange(&host, base, &[vm]);
+    assert_exchange_clean(&mut mv.src);
     assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
 }

@@ -299,7 +299,7 @@ fn status_line(s: &MigrationStatus) -> String {
 fn print_report(r: &MigrationReport) {
     println!("  total time      {} ms", r.total_ms);
     println!(
-        "  downtime        {}.{:03} ms (pause to the destination's commit)",
+        "  downtime        {}.{:03} ms (pause to go, after the destination's commit)",
         r.downtime_us / 1000,
         r.downtime_us % 1000
     );

@@ -94,7 +94,17 @@ pub(crate) struct BuiltVm {
 impl BuiltVm {
     /// Starts one thread per vCPU.
     pub(crate) fn start(self, events: &Sender<VmEvent>) -> Result<RunningVm, Error> {
-        let run = Arc::new(RunState::default());
+        self.start_with(events, RunState::default())
+    }
+
+    /// Starts one thread per vCPU, each parked before its first guest
+    /// instruction until [`RunningVm::resume`].
+    pub(crate) fn start_paused(self, events: &Sender<VmEvent>) -> Result<RunningVm, Error> {
+        self.start_with(events, RunState::paused())
+    }
+
+    fn start_with(self, events: &Sender<VmEvent>, run: RunState) -> Result<RunningVm, Error> {
+        let run = Arc::new(run);
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in (0u32..).zip(self.vcpus) {
             let t = VcpuThread::spawn(id, vcpu, self.devices.clone(), run.clone(), events.clone())
@@ -331,7 +341,10 @@ pub(crate) fn build(
                 (None, Some(kernel)) => create_vcpus(hyp, vm.as_ref(), config, mem, kernel)?,
                 (None, None) => return Err(Error::Guest("no kernel was loaded".into())),
             };
-            if state.is_some() {
+            // A migrated VM keeps them held until the source's `go`
+            // (`RunningVm::go_live`): until then the source may resume and
+            // must find every doorbell that arrived meanwhile.
+            if state.is_some() && !migrated {
                 for s in &shared {
                     s.release_doorbells();
                 }

@@ -87,12 +87,44 @@ fn listen(url: &str) -> Result<Listener, Error> {
     url.listen().map_err(|e| Error::Migration(e.into()))
 }
 
+/// A VM ready for the control loop.
+pub struct Arrived {
+    vm: RunningVm,
+    /// An incoming VM kept paused because the source did not confirm the
+    /// commit (its `go` did not come): why.
+    unconfirmed: Option<String>,
+}
+
+impl Arrived {
+    fn running(vm: RunningVm) -> Self {
+        Arrived {
+            vm,
+            unconfirmed: None,
+        }
+    }
+}
+
+/// Tells the operator what to do with a VM restored from a migration whose
+/// `go` did not come; `api`: this VMM's API socket.
+fn log_unconfirmed(why: &str, api: Option<&std::path::Path>) {
+    match api {
+        Some(api) => log::error!(
+            "the incoming VM is restored and kept paused: {why}. The source may have exited (its go got lost): if it did, the guest lives only here, resume it with `shoal api --socket {0} resume`; if the source still runs the VM, shut this one down with `shoal api --socket {0} shutdown`",
+            api.display()
+        ),
+        None => log::error!(
+            "the incoming VM is restored and kept paused: {why}. This VMM has no --api-socket, so it cannot be resumed: if the source still runs the VM, stop this VMM; if the source exited, the guest state is only in this paused VM and is lost when it stops (start destinations with --api-socket to be able to resume them)"
+        ),
+    }
+}
+
 fn receive(
     hyp: &KvmHypervisor,
     listener: &Listener,
     serial: &Option<SerialOutput>,
     events: &Sender<VmEvent>,
-) -> Result<RunningVm, Error> {
+    api: Option<&std::path::Path>,
+) -> Result<Arrived, Error> {
     log::info!("waiting for an incoming migration");
     let stream = listener.accept().map_err(|e| Error::Migration(e.into()))?;
     let mut target = IncomingVm::new(hyp, events.clone(), serial.clone());
@@ -109,13 +141,19 @@ fn receive(
         }
     );
     let vm = target
-        .into_running()
-        .ok_or_else(|| Error::Guest("the incoming VM did not start".into()))?;
-    Arc::try_unwrap(vm).map_err(|_| Error::Guest("the incoming VM is still shared".into()))
+        .into_vm()?
+        .ok_or_else(|| Error::Guest("the incoming VM was not restored".into()))?;
+    if let Some(why) = &report.unconfirmed {
+        log_unconfirmed(why, api);
+    }
+    Ok(Arrived {
+        vm,
+        unconfirmed: report.unconfirmed,
+    })
 }
 
 /// A VM received for a VMM started without one, or why receiving failed.
-pub struct Received(Box<Result<RunningVm, Error>>);
+pub struct Received(Box<Result<Arrived, Error>>);
 
 impl std::fmt::Debug for Received {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,7 +166,7 @@ impl std::fmt::Debug for Received {
 
 /// How the VMM without a VM ([`Launch::Api`]) ended its wait.
 enum Created {
-    Vm(Box<RunningVm>),
+    Vm(Box<Arrived>),
     Exit(ExitReason),
 }
 
@@ -140,10 +178,11 @@ enum Created {
 /// VMM waiting for the next request.
 fn wait_for_vm(
     hyp: &KvmHypervisor,
-    serial: &Option<SerialOutput>,
+    options: &RunOptions,
     events: &Sender<VmEvent>,
     rx: &Receiver<VmEvent>,
 ) -> Result<Created, Error> {
+    let serial = &options.serial;
     let mut receiving: Option<String> = None;
     let mut last_error: Option<String> = None;
     loop {
@@ -153,7 +192,7 @@ fn wait_for_vm(
         let (request, reply) = match event {
             VmEvent::Signal(sig) => return Ok(Created::Exit(ExitReason::Signal(sig))),
             VmEvent::Incoming(Received(result)) => match *result {
-                Ok(vm) => return Ok(Created::Vm(Box::new(vm))),
+                Ok(arrived) => return Ok(Created::Vm(Box::new(arrived))),
                 Err(e) => {
                     let why = migration::error_chain(&e);
                     log::error!("receiving a VM failed, waiting for the next request: {why}");
@@ -178,6 +217,7 @@ fn wait_for_vm(
                 devices: Vec::new(),
                 groups: Vec::new(),
                 error: last_error.clone(),
+                paused_reason: None,
             }),
             ApiRequest::VmShutdown => {
                 let _ = reply.send(ApiResponse::ok());
@@ -191,7 +231,7 @@ fn wait_for_vm(
             ApiRequest::VmRestore { source } => match restore(hyp, &source, serial, events) {
                 Ok(vm) => {
                     let _ = reply.send(ApiResponse::ok());
-                    return Ok(Created::Vm(Box::new(vm)));
+                    return Ok(Created::Vm(Box::new(Arrived::running(vm))));
                 }
                 Err(e) => {
                     let why = migration::error_chain(&e);
@@ -202,7 +242,12 @@ fn wait_for_vm(
             },
             ApiRequest::ReceiveMigration(opts) => match listen(&opts.receiver_url) {
                 Ok(listener) => {
-                    spawn_receiver(listener, serial.clone(), events.clone())?;
+                    spawn_receiver(
+                        listener,
+                        serial.clone(),
+                        options.api_socket.clone(),
+                        events.clone(),
+                    )?;
                     receiving = Some(opts.receiver_url);
                     last_error = None;
                     ApiResponse::accepted()
@@ -222,6 +267,7 @@ fn wait_for_vm(
 fn spawn_receiver(
     listener: Listener,
     serial: Option<SerialOutput>,
+    api: Option<PathBuf>,
     events: Sender<VmEvent>,
 ) -> Result<(), Error> {
     std::thread::Builder::new()
@@ -229,7 +275,7 @@ fn spawn_receiver(
         .spawn(move || {
             let result = KvmHypervisor::new()
                 .map_err(Error::from)
-                .and_then(|hyp| receive(&hyp, &listener, &serial, &events));
+                .and_then(|hyp| receive(&hyp, &listener, &serial, &events, api.as_deref()));
             let _ = events.send(VmEvent::Incoming(Received(Box::new(result))));
         })
         .map_err(Error::Thread)?;
@@ -247,12 +293,18 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
         Some(path) => Some(start_api(path, tx.clone())?),
         None => None,
     };
-    let vm = match &launch {
-        Launch::Boot(config) => boot(&hyp, config, &tx, Start::Fresh)?,
-        Launch::Restore { dir } => restore(&hyp, dir, &options.serial, &tx)?,
-        Launch::Incoming { url } => receive(&hyp, &listen(url)?, &options.serial, &tx)?,
-        Launch::Api => match wait_for_vm(&hyp, &options.serial, &tx, &rx)? {
-            Created::Vm(vm) => *vm,
+    let arrived = match &launch {
+        Launch::Boot(config) => Arrived::running(boot(&hyp, config, &tx, Start::Fresh)?),
+        Launch::Restore { dir } => Arrived::running(restore(&hyp, dir, &options.serial, &tx)?),
+        Launch::Incoming { url } => receive(
+            &hyp,
+            &listen(url)?,
+            &options.serial,
+            &tx,
+            options.api_socket.as_deref(),
+        )?,
+        Launch::Api => match wait_for_vm(&hyp, &options, &tx, &rx)? {
+            Created::Vm(arrived) => *arrived,
             Created::Exit(reason) => {
                 drop(rx);
                 drop(_api);
@@ -263,8 +315,9 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
     let result = Control {
         hyp: &hyp,
         events: tx,
-        vm: Arc::new(vm),
-        paused: false,
+        vm: Arc::new(arrived.vm),
+        paused: arrived.unconfirmed.is_some(),
+        unconfirmed: arrived.unconfirmed,
         migration: Arc::new(MigrationProgress::default()),
         migrating: false,
     }
@@ -298,6 +351,10 @@ struct Control<'a> {
     events: Sender<VmEvent>,
     vm: Arc<RunningVm>,
     paused: bool,
+    /// The VM came from a migration whose source did not confirm the commit
+    /// (why): paused, doorbells held, group memberships in standby, until
+    /// the operator resumes it here (or shuts it down).
+    unconfirmed: Option<String>,
     migration: Arc<MigrationProgress>,
     migrating: bool,
 }
@@ -381,7 +438,7 @@ impl Control<'_> {
                 match result {
                     Ok(report) => {
                         log::info!(
-                            "migration complete in {} ms, downtime {} ms, {} bytes sent: the VM runs at the destination",
+                            "migration complete in {} ms, downtime {} ms, {} bytes sent: go sent, the VM runs at the destination",
                             report.total_ms,
                             report.downtime_ms,
                             report.bytes_total
@@ -459,6 +516,7 @@ impl Control<'_> {
             devices,
             groups,
             error: None,
+            paused_reason: self.unconfirmed.clone(),
         }
     }
 
@@ -474,6 +532,12 @@ impl Control<'_> {
             }
             ApiRequest::VmResume if self.migrating => busy(),
             ApiRequest::VmResume => {
+                if let Some(why) = self.unconfirmed.take() {
+                    log::info!(
+                        "resuming the incoming VM on request ({why}): this copy is the guest now"
+                    );
+                    self.vm.go_live();
+                }
                 self.vm.resume();
                 self.paused = false;
                 ApiResponse::ok()
@@ -504,6 +568,9 @@ impl Control<'_> {
                 )
             }
             ApiRequest::SendMigration(_) if self.migrating => busy(),
+            ApiRequest::SendMigration(_) if self.unconfirmed.is_some() => ApiResponse::conflict(
+                "this VM waits for a decision after an unconfirmed incoming migration: resume it or shut it down",
+            ),
             ApiRequest::SendMigration(opts) => self.send_migration(opts),
             ApiRequest::MigrationStatus => ApiResponse::json(&self.migration.status()),
             ApiRequest::MigrationCancel => {

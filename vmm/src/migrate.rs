@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The real VM behind the migration state machines of [`crate::migration`]:
 //! [`VmSource`] (a running VM being sent) and [`IncomingVm`] (a VM being
-//! received, started only after the commit).
+//! received, started only on the source's `go` after the commit).
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -203,7 +203,7 @@ enum Incoming {
     /// Built from the received state, not running.
     Built(Box<BuiltVm>),
     /// Started.
-    Running(Arc<RunningVm>),
+    Running(Box<RunningVm>),
 }
 
 /// A VM being received.
@@ -237,11 +237,16 @@ impl<'a> IncomingVm<'a> {
         }
     }
 
-    /// The started VM, once [`MigrationTarget::start`] ran.
-    pub(crate) fn into_running(self) -> Option<Arc<RunningVm>> {
+    /// The started VM, once [`MigrationTarget::start`] ran; otherwise the
+    /// restored VM with its vCPU threads parked before their first
+    /// instruction, its doorbells held and its group memberships in standby
+    /// (start it with [`RunningVm::go_live`], then `resume`). `None`: no
+    /// state was restored.
+    pub(crate) fn into_vm(self) -> Result<Option<RunningVm>, crate::vm::Error> {
         match self.state {
-            Incoming::Running(vm) => Some(vm),
-            _ => None,
+            Incoming::Running(vm) => Ok(Some(*vm)),
+            Incoming::Built(built) => built.start_paused(&self.events).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -326,8 +331,10 @@ impl MigrationTarget for IncomingVm<'_> {
         let Incoming::Built(built) = std::mem::take(&mut self.state) else {
             return Err("start before the VM state was restored".into());
         };
-        let running = built.start(&self.events)?;
-        self.state = Incoming::Running(Arc::new(running));
+        let running = built.start_paused(&self.events)?;
+        running.go_live();
+        running.resume();
+        self.state = Incoming::Running(Box::new(running));
         Ok(())
     }
 }

@@ -88,6 +88,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RunState {
+    /// A run state whose vCPUs park before they first run (see
+    /// [`resume_all`]).
+    pub fn paused() -> Self {
+        let run = RunState::default();
+        lock(&run.parking).paused = true;
+        run.pause.store(true, Ordering::Release);
+        run
+    }
+
     fn should_stop(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }

@@ -66,6 +66,14 @@ pub(crate) struct RunningVm {
 }
 
 impl RunningVm {
+    /// A migrated VM becomes the guest (see `ShmemDevice::go_live`); call
+    /// before its first resume.
+    pub(crate) fn go_live(&self) {
+        for s in &self.shared {
+            s.go_live();
+        }
+    }
+
     pub(crate) fn stop(&self) {
         let mut threads = self
             .threads

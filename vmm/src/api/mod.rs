@@ -174,6 +174,10 @@ pub struct VmInfo {
     /// Without a VM: why the last restore or receive failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the VMM keeps the VM paused by itself: an incoming migration
+    /// whose source did not confirm the commit. `vm.resume` runs it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
 }
 
 /// The body of `vm.snapshot`.

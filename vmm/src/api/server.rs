@@ -250,6 +250,7 @@ mod tests {
                         devices: vec![],
                         groups: vec![],
                         error: None,
+                        paused_reason: None,
                     }),
                     ApiRequest::VmRestore { .. } => ApiResponse::conflict("the VM is running"),
                     _ => ApiResponse::ok(),

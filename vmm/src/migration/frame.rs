@@ -16,7 +16,10 @@
 //! `first_page u64, count u32, 0u32, zero bitmap (count bits, 1 = zero page),
 //! the non-zero pages in order`; `IterationEnd` is `iteration u32, dirty pages u64`;
 //! `State` is the encoded `VmSnapshot`; `Abort` is a UTF-8 reason;
-//! `Ack` and `Commit` are empty.
+//! `Ack`, `Commit` and `Go` are empty.
+//!
+//! Version 2 added `Go`: the destination acknowledges the commit with the
+//! VM restored but not running, and starts it only on the source's `Go`.
 
 use std::io::{self, Read, Write};
 
@@ -26,8 +29,8 @@ use crate::snapshot::crc::{crc32c, Crc32c};
 
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"SHMG";
-/// The stream version this build speaks.
-pub const STREAM_VERSION: u16 = 1;
+/// The stream version this build speaks (2: the commit ends with `Go`).
+pub const STREAM_VERSION: u16 = 2;
 /// Frame header length.
 pub const HEADER_LEN: usize = 24;
 /// The page size of the stream.
@@ -87,6 +90,7 @@ pub enum Kind {
     State = 5,
     Commit = 6,
     Abort = 7,
+    Go = 8,
 }
 
 impl Kind {
@@ -99,6 +103,7 @@ impl Kind {
             5 => Kind::State,
             6 => Kind::Commit,
             7 => Kind::Abort,
+            8 => Kind::Go,
             _ => return Err(FrameError::UnknownKind(v)),
         })
     }
@@ -121,10 +126,16 @@ pub enum Message<'a> {
     Hello(Hello),
     Ack,
     Pages(Pages<'a>),
-    IterationEnd { iteration: u32, dirty_pages: u64 },
+    IterationEnd {
+        iteration: u32,
+        dirty_pages: u64,
+    },
     State(&'a [u8]),
     Commit,
     Abort(String),
+    /// The source read the commit acknowledgement and stops for good: the
+    /// destination may run the VM.
+    Go,
 }
 
 /// A run of pages: zero pages are flagged, the others carried.
@@ -213,6 +224,7 @@ pub fn decode(kind: Kind, payload: &[u8]) -> Result<Message<'_>, FrameError> {
         )),
         Kind::Ack => empty(Message::Ack),
         Kind::Commit => empty(Message::Commit),
+        Kind::Go => empty(Message::Go),
         Kind::State => Ok(Message::State(payload)),
         Kind::Abort => Ok(Message::Abort(
             String::from_utf8_lossy(payload).into_owned(),
@@ -587,6 +599,39 @@ mod tests {
         let bytes = stream(|w| w.send_with_version(Kind::Ack, &[], 9).unwrap());
         let err = FrameReader::new(&bytes[..]).next_frame().unwrap_err();
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn go_is_an_empty_frame_of_its_own_kind() {
+        let bytes = stream(|w| w.send(Kind::Go, &[]).unwrap());
+        assert_eq!(bytes[6], 8);
+        assert_eq!(
+            FrameReader::new(&bytes[..]).next_message().unwrap(),
+            Message::Go
+        );
+        let with_payload = stream(|w| w.send(Kind::Go, &[b"x"]).unwrap());
+        let err = FrameReader::new(&with_payload[..])
+            .next_message()
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(Kind::Go, _)), "{err}");
+    }
+
+    #[test]
+    fn version_1_without_go_is_refused() {
+        // A version 1 source never sends go: its destination would wait
+        // with a paused VM after every commit.
+        let bytes = stream(|w| w.send_with_version(Kind::Hello, b"{}", 1).unwrap());
+        let err = FrameReader::new(&bytes[..]).next_frame().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FrameError::Version {
+                    found: 1,
+                    supported: 2
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

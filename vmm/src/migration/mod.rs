@@ -4,14 +4,19 @@
 //! The sender ([`send`]) copies a running VM's RAM in pre-copy iterations
 //! driven by the dirty log, pauses it when the rest fits the downtime
 //! target, sends the VM state and waits for the destination's commit
-//! acknowledgement. The receiver ([`receive`]) checks every frame, writes
-//! RAM, restores the state and acknowledges only then. Both talk to the VM
-//! through the traits [`MigrationSource`] and [`MigrationTarget`], which the
-//! VM implements; this module knows nothing about KVM or devices.
+//! acknowledgement, then writes `go`. The receiver ([`receive`]) checks
+//! every frame, writes RAM, restores the state, acknowledges only then,
+//! and starts the VM only when `go` arrives. Both talk to the VM through
+//! the traits [`MigrationSource`] and [`MigrationTarget`], which the VM
+//! implements; this module knows nothing about KVM or devices.
 //!
-//! Fault tolerance: any failure before the commit acknowledgement leaves the
-//! source running (the sender calls [`MigrationSource::resume`] itself);
-//! after it, [`send`] returns `Ok` and the source must stop.
+//! Fault tolerance: any failure before `go` is written leaves the source
+//! running (the sender calls [`MigrationSource::resume`] itself); once it
+//! is written, [`send`] returns `Ok` and the source must stop. The
+//! destination runs the VM only after reading `go`: at most one side ever
+//! runs it. A `go` written but lost leaves the destination with the VM
+//! restored and not started ([`ReceiveReport::unconfirmed`]), for the
+//! operator to resume.
 
 pub mod fake;
 pub mod frame;
@@ -59,6 +64,8 @@ pub enum MigrationError {
     Aborted(String),
     #[error("the destination closed the connection before committing (did it exit?)")]
     DestinationClosed,
+    #[error("cannot send go after the commit (the destination keeps a paused copy: shut it down)")]
+    Go(#[source] std::io::Error),
     #[error("no answer from the peer within {0} s")]
     NoAnswer(u64),
     #[error("expected {expected} from the peer, got {got}")]
@@ -141,7 +148,9 @@ pub trait MigrationTarget {
     fn adopt_ram_fd(&mut self, fd: OwnedFd, size: u64) -> Result<(), HookError>;
     /// Restores the VM state sent by [`MigrationSource::save_state`].
     fn restore_state(&mut self, state: &[u8]) -> Result<(), HookError>;
-    /// Starts the vCPUs (after the commit acknowledgement went out).
+    /// Starts the vCPUs (after the source's `go`). Not called when `go`
+    /// does not come: the VM then stays restored and not running (see
+    /// [`ReceiveReport::unconfirmed`]).
     fn start(&mut self) -> Result<(), HookError>;
 }
 

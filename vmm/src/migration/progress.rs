@@ -59,7 +59,8 @@ impl MigrationState {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationReport {
     pub total_ms: u64,
-    /// From pausing the guest to the destination's commit acknowledgement.
+    /// From pausing the guest to `go` written after the destination's
+    /// commit acknowledgement.
     pub downtime_ms: u64,
     /// Downtime in microseconds, for small values.
     pub downtime_us: u64,

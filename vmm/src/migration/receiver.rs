@@ -24,6 +24,12 @@ pub struct ReceiveReport {
     /// Iteration markers seen (the first full pass counts).
     pub iterations: u32,
     pub local: bool,
+    /// The VM was restored and the commit acknowledged, but the source's
+    /// `go` did not arrive (why): the VM was not started. The source may
+    /// have exited (its `go` got lost) or run on (it never read the
+    /// acknowledgement); the caller keeps the VM paused, since it may be
+    /// the only copy of the guest now, and leaves the choice to the operator.
+    pub unconfirmed: Option<String>,
 }
 
 /// Reads the first frame header with recvmsg, so a file descriptor sent
@@ -57,8 +63,9 @@ fn read_first_header(stream: &mut Stream) -> Result<(Vec<u8>, Option<OwnedFd>), 
 }
 
 /// Receives one VM over `stream` into `target`; the target is started
-/// after the commit acknowledgement went out. On error, the source is told
-/// why (best effort) and nothing was started.
+/// when the source's `go` follows the commit acknowledgement. On error, the
+/// source is told why (best effort) and nothing was started; `Ok` with
+/// [`ReceiveReport::unconfirmed`] set: restored, not started, no `go`.
 pub fn receive(
     mut stream: Stream,
     target: &mut dyn MigrationTarget,
@@ -118,11 +125,20 @@ fn unexpected(expected: &'static str, got: &Message<'_>) -> MigrationError {
         Message::State(_) => "the VM state",
         Message::Commit => "a commit",
         Message::Abort(_) => "an abort",
+        Message::Go => "a go",
     };
     MigrationError::Unexpected {
         expected,
         got: got.to_string(),
     }
+}
+
+/// Why the VM waits for the operator: `e` came instead of `go`.
+fn no_go(e: &MigrationError) -> String {
+    format!(
+        "the source did not confirm the commit ({})",
+        super::error_chain(e)
+    )
 }
 
 impl Receiver<'_> {
@@ -173,10 +189,23 @@ impl Receiver<'_> {
             .map_err(|e| MigrationError::Vm("restore its state", e))?;
         writer.send(Kind::Ack, &[]).map_err(MigrationError::Send)?;
         writer.flush().map_err(MigrationError::Send)?;
-        self.target
-            .start()
-            .map_err(|e| MigrationError::Vm("start", e))?;
-        Ok(())
+        // From here the source may have stopped for good: only `go` lets
+        // this side run the VM, only an abort lets it drop the VM.
+        match reader.next_message() {
+            Ok(Message::Go) => self
+                .target
+                .start()
+                .map_err(|e| MigrationError::Vm("start", e)),
+            Ok(Message::Abort(why)) => Err(MigrationError::Aborted(why)),
+            Ok(other) => {
+                self.report.unconfirmed = Some(no_go(&unexpected("go", &other)));
+                Ok(())
+            }
+            Err(e) => {
+                self.report.unconfirmed = Some(no_go(&MigrationError::Frame(e)));
+                Ok(())
+            }
+        }
     }
 
     /// Reads pages (into RAM), iteration ends and the state until the

@@ -354,7 +354,8 @@ impl Sender<'_> {
         Ok(Instant::now())
     }
 
-    /// Sends the state, commits, and waits for the acknowledgement.
+    /// Sends the state, commits, waits for the acknowledgement and writes
+    /// `go`: once that is written, the destination may run the VM.
     fn commit(&mut self, paused_at: Instant) -> Result<(), MigrationError> {
         self.progress.set_state(MigrationState::StopAndCopy);
         let state = self
@@ -371,6 +372,18 @@ impl Sender<'_> {
             .map_err(|e| self.send_error(e))?;
         self.progress.set_state(MigrationState::Committing);
         self.wait_ack(self.remaining())?;
+        // The destination holds the restored VM, not running, until `go`.
+        // A write that fails cannot have delivered a whole `go` frame; and
+        // nothing may follow it (an abort would push the rest of a `go`
+        // still buffered here out after it), so the stream is shut at once.
+        if let Err(e) = self
+            .writer
+            .send(Kind::Go, &[])
+            .and_then(|()| self.writer.flush())
+        {
+            self.writer.get_ref().shutdown();
+            return Err(MigrationError::Go(e));
+        }
         let downtime = paused_at.elapsed();
         self.report.downtime_ms = downtime.as_millis() as u64;
         self.report.downtime_us = downtime.as_micros() as u64;
@@ -481,9 +494,11 @@ impl Sender<'_> {
 /// Migrates the VM behind `source` to `opts.destination_url`, updating
 /// `progress` as it goes.
 ///
-/// `Ok`: the destination committed and runs the VM; the source is left
-/// paused and must stop. `Err`: the source runs on (it was resumed if it had
-/// been paused); the error says why the migration failed.
+/// `Ok`: the destination committed and `go` was written (the destination
+/// runs the VM, or, had `go` got lost on the way, holds it paused for the
+/// operator); the source is left paused and must stop. `Err`: the source
+/// runs on (it was resumed if it had been paused); the error says why the
+/// migration failed.
 pub fn send(
     source: &dyn MigrationSource,
     opts: &SendOptions,
@@ -555,9 +570,11 @@ fn send_inner(
         }
         Err(e) => {
             // Tell the destination, if it still listens, then roll back.
-            let reason = super::error_chain(&e);
-            let _ = s.writer.send(Kind::Abort, &[reason.as_bytes()]);
-            let _ = s.writer.flush();
+            if !matches!(e, MigrationError::Go(_)) {
+                let reason = super::error_chain(&e);
+                let _ = s.writer.send(Kind::Abort, &[reason.as_bytes()]);
+                let _ = s.writer.flush();
+            }
             s.writer.get_ref().shutdown();
             s.roll_back();
             Err(e)

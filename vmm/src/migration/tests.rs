@@ -80,6 +80,7 @@ fn idle_vm_migrates_over_unix_with_equal_ram() {
     let (res, target) = rx.join().unwrap();
     let got = res.unwrap();
     assert_migrated(&vm, &target);
+    assert_eq!(got.unconfirmed, None);
     assert_eq!(report.pages_data, (16 * MIB / 4096).div_ceil(3));
     assert_eq!(got.pages_data, report.pages_data);
     assert_eq!(progress.status().state, MigrationState::Completed);
@@ -396,11 +397,8 @@ fn destination_of_another_version_is_reported_with_both_versions() {
     )
     .unwrap_err();
     t.join().unwrap();
-    assert!(
-        error_chain(&err).contains("stream version 2"),
-        "{}",
-        error_chain(&err)
-    );
+    let other = format!("stream version {}", STREAM_VERSION + 1);
+    assert!(error_chain(&err).contains(&other), "{}", error_chain(&err));
     assert_source_runs(&vm);
 }
 
@@ -519,6 +517,7 @@ fn fuzz_stream_survives_truncations_of_a_real_stream() {
         w.send_iteration_end(0, 2).unwrap();
         w.send(Kind::State, &[b"s"]).unwrap();
         w.send(Kind::Commit, &[]).unwrap();
+        w.send(Kind::Go, &[]).unwrap();
         w.flush().unwrap();
     }
     for cut in 0..bytes.len() {
@@ -551,6 +550,7 @@ fn page_zeroed_after_the_first_pass_is_zeroed_at_the_destination() {
         w.send_iteration_end(1, 1).unwrap();
         w.send(Kind::State, &[b"{}"]).unwrap();
         w.send(Kind::Commit, &[]).unwrap();
+        w.send(Kind::Go, &[]).unwrap();
         w.flush().unwrap();
     }
     let mut target = FakeTarget::default();
@@ -602,6 +602,7 @@ fn fuzz_entry_points_survive_random_mutations() {
         w.send_iteration_end(0, 9).unwrap();
         w.send(Kind::State, &[b"{}"]).unwrap();
         w.send(Kind::Commit, &[]).unwrap();
+        w.send(Kind::Go, &[]).unwrap();
         w.flush().unwrap();
     }
     let json = br#"{"destination_url":"tcp:1.2.3.4:5","local":false,"downtime_ms":1}"#;
@@ -700,4 +701,225 @@ fn receiver_refuses_a_ram_size_that_is_not_whole_pages() {
     )
     .unwrap_err();
     assert!(matches!(err, MigrationError::RamSize(4097)), "{err}");
+}
+
+/// What [`spawn_commit_proxy`] does at the end of a migration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CommitFault {
+    /// Drops the destination's commit acknowledgement and closes both
+    /// sides: the acknowledgement was written but never read.
+    DropAck,
+    /// Shuts the source's side for reading, then passes the commit
+    /// acknowledgement on: the source's `go` write fails.
+    RefuseGo,
+    /// Takes `go` from the source and closes both sides without passing
+    /// it on: `go` was written but never read.
+    DropGo,
+}
+
+/// Reads one frame (header and payload) from `r`.
+fn read_raw_frame(r: &mut impl Read) -> Option<Vec<u8>> {
+    let mut frame = vec![0u8; frame::HEADER_LEN];
+    r.read_exact(&mut frame).ok()?;
+    let len = u32::from_le_bytes([frame[8], frame[9], frame[10], frame[11]]) as usize;
+    frame.resize(frame::HEADER_LEN + len, 0);
+    r.read_exact(&mut frame[frame::HEADER_LEN..]).ok()?;
+    Some(frame)
+}
+
+/// A frame-aware man in the middle between sender and the receiver at
+/// `to` that applies `fault` to the end of the commit.
+fn spawn_commit_proxy(to: String, fault: CommitFault) -> String {
+    use std::net::Shutdown;
+    let path = sock_path(&format!("commit-proxy-{fault:?}"));
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let (from_sender, _) = listener.accept().unwrap();
+        let to_receiver = UnixStream::connect(to.strip_prefix("unix:").unwrap()).unwrap();
+        let (mut fwd_in, mut fwd_out) = (
+            from_sender.try_clone().unwrap(),
+            to_receiver.try_clone().unwrap(),
+        );
+        let forward = std::thread::spawn(move || {
+            while let Some(frame) = read_raw_frame(&mut fwd_in) {
+                if fault == CommitFault::DropGo && frame[6] == Kind::Go as u8 {
+                    let _ = fwd_in.shutdown(Shutdown::Both);
+                    let _ = fwd_out.shutdown(Shutdown::Both);
+                    return;
+                }
+                if fwd_out.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        });
+        let (mut back_in, mut back_out) = (to_receiver, from_sender);
+        let mut acks = 0;
+        while let Some(frame) = read_raw_frame(&mut back_in) {
+            if frame[6] == Kind::Ack as u8 {
+                acks += 1;
+            }
+            // The first ack answers the hello, the second the commit.
+            if acks == 2 && fault == CommitFault::DropAck {
+                let _ = back_in.shutdown(Shutdown::Both);
+                let _ = back_out.shutdown(Shutdown::Both);
+                break;
+            }
+            if acks == 2 && fault == CommitFault::RefuseGo {
+                let _ = back_out.shutdown(Shutdown::Read);
+                let _ = back_out.write_all(&frame);
+                let _ = back_in.shutdown(Shutdown::Both);
+                break;
+            }
+            if back_out.write_all(&frame).is_err() {
+                break;
+            }
+        }
+        let _ = forward.join();
+    });
+    format!("unix:{path}")
+}
+
+/// The receiver restored the VM, acknowledged, and did not start it.
+fn assert_restored_not_started(res: Result<ReceiveReport, MigrationError>, target: &FakeTarget) {
+    let report = res.unwrap();
+    let why = report
+        .unconfirmed
+        .expect("the receiver must say why it waits");
+    assert!(why.contains("did not confirm the commit"), "{why}");
+    assert!(!target.started, "the destination started without go");
+    assert!(target.state.is_some(), "the restored VM must be kept");
+}
+
+/// A fake VM migrated through a [`spawn_commit_proxy`].
+struct CommitRun {
+    vm: Arc<FakeVm>,
+    sent: Result<MigrationReport, MigrationError>,
+    status: MigrationStatus,
+    received: Result<ReceiveReport, MigrationError>,
+    target: FakeTarget,
+}
+
+fn migrate_with_commit_fault(name: &str, fault: CommitFault) -> CommitRun {
+    let vm = FakeVm::new(4 * MIB).unwrap();
+    vm.fill(3).unwrap();
+    let (rx, url) = spawn_receiver(&format!("unix:{}", sock_path(name)), FakeTarget::default());
+    let proxy = spawn_commit_proxy(url, fault);
+    let progress = MigrationProgress::default();
+    let sent = send(vm.as_ref(), &opts(&proxy), &progress);
+    let (received, target) = rx.join().unwrap();
+    CommitRun {
+        vm,
+        sent,
+        status: progress.status(),
+        received,
+        target,
+    }
+}
+
+#[test]
+fn commit_ack_lost_leaves_the_source_running_and_the_destination_not_started() {
+    let run = migrate_with_commit_fault("ack-lost", CommitFault::DropAck);
+    let err = run.sent.unwrap_err();
+    assert!(
+        matches!(err, MigrationError::DestinationClosed),
+        "{}",
+        error_chain(&err)
+    );
+    assert_source_runs(&run.vm);
+    assert_eq!(run.vm.pause_resume_counts(), (1, 1));
+    assert_eq!(run.status.state, MigrationState::Failed);
+    assert_restored_not_started(run.received, &run.target);
+}
+
+#[test]
+fn go_that_cannot_be_written_leaves_the_source_running_and_the_destination_not_started() {
+    let run = migrate_with_commit_fault("go-refused", CommitFault::RefuseGo);
+    let err = run.sent.unwrap_err();
+    assert!(
+        matches!(err, MigrationError::Go(_)),
+        "{}",
+        error_chain(&err)
+    );
+    assert_source_runs(&run.vm);
+    assert_eq!(run.vm.pause_resume_counts(), (1, 1));
+    assert_eq!(run.status.state, MigrationState::Failed);
+    assert_restored_not_started(run.received, &run.target);
+}
+
+#[test]
+fn go_lost_leaves_the_source_committed_and_a_complete_paused_destination() {
+    let run = migrate_with_commit_fault("go-lost", CommitFault::DropGo);
+    run.sent.unwrap();
+    // The source wrote go: it is committed and stays paused (it exits).
+    assert!(run.vm.is_paused());
+    assert_eq!(run.vm.pause_resume_counts(), (1, 0));
+    assert_eq!(run.status.state, MigrationState::Completed);
+    // Neither runs; the destination holds all of the guest for the operator.
+    assert!(run.vm.ram_bytes().unwrap() == run.target.ram_bytes().unwrap());
+    assert_restored_not_started(run.received, &run.target);
+}
+
+/// A whole stream up to the commit, then `tail`.
+fn stream_to_commit(tail: impl FnOnce(&mut FrameWriter<&mut Vec<u8>>)) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut w = FrameWriter::new(&mut bytes);
+    let hello = serde_json::to_vec(&Hello {
+        ram_size: MIB,
+        page_size: 4096,
+        local: false,
+        config: serde_json::json!({}),
+    })
+    .unwrap();
+    w.send(Kind::Hello, &[&hello]).unwrap();
+    w.send_pages(0, 1, &[0], &[5u8; 4096]).unwrap();
+    w.send_iteration_end(0, 1).unwrap();
+    w.send(Kind::State, &[b"{}"]).unwrap();
+    w.send(Kind::Commit, &[]).unwrap();
+    tail(&mut w);
+    w.flush().unwrap();
+    drop(w);
+    bytes
+}
+
+fn receive_bytes(bytes: &[u8]) -> (Result<ReceiveReport, MigrationError>, FakeTarget) {
+    let mut target = FakeTarget::default();
+    let res = receiver::receive_frames(
+        FrameReader::new(bytes),
+        FrameWriter::new(std::io::sink()),
+        None,
+        &mut target,
+    );
+    (res, target)
+}
+
+#[test]
+fn receiver_starts_the_vm_only_on_go() {
+    let (res, target) = receive_bytes(&stream_to_commit(|w| w.send(Kind::Go, &[]).unwrap()));
+    assert_eq!(res.unwrap().unconfirmed, None);
+    assert!(target.started);
+
+    let (res, target) = receive_bytes(&stream_to_commit(|_| {}));
+    assert_restored_not_started(res, &target);
+}
+
+#[test]
+fn receiver_drops_the_vm_when_the_source_aborts_instead_of_go() {
+    // An abort after the acknowledgement: the source runs on.
+    let (res, target) = receive_bytes(&stream_to_commit(|w| {
+        w.send(Kind::Abort, &[b"no answer from the peer"]).unwrap()
+    }));
+    assert!(matches!(res, Err(MigrationError::Aborted(_))), "{res:?}");
+    assert!(!target.started);
+}
+
+#[test]
+fn receiver_keeps_the_vm_paused_when_something_else_comes_instead_of_go() {
+    // Not go, not an abort: the source's intent is unknown.
+    let (res, target) = receive_bytes(&stream_to_commit(|w| w.send_iteration_end(1, 0).unwrap()));
+    assert_restored_not_started(res, &target);
+    let mut corrupt = stream_to_commit(|w| w.send(Kind::Go, &[]).unwrap());
+    let n = corrupt.len();
+    corrupt[n - 5] ^= 1;
+    let (res, target) = receive_bytes(&corrupt);
+    assert_restored_not_started(res, &target);
 }

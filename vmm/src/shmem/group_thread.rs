@@ -84,26 +84,39 @@ pub struct GroupThread {
     handle: JoinHandle<()>,
 }
 
+/// What the thread shares with the device.
+#[derive(Debug)]
+pub struct Shared {
+    pub dev: Arc<Mutex<Ivshmem>>,
+    pub doorbells: Arc<Mutex<Doorbells>>,
+    /// Signalled when the device's wiring or the flags below changed.
+    pub changed: Arc<EventFd>,
+    pub vectors: u16,
+    /// Doorbell delivery is held (`Vectors::hold`): no INTx delivery either.
+    pub held: Option<Arc<AtomicBool>>,
+    /// The VM is being migrated away: the destination takes our connection
+    /// over, and we must not take it back by reconnecting.
+    pub migrating: Arc<AtomicBool>,
+    /// A migration destination not running yet: the source may take the
+    /// membership back (it resumed), and we must not reconnect either.
+    pub standby: Arc<AtomicBool>,
+}
+
 impl GroupThread {
     /// Starts the thread; it owns the membership from now on.
-    pub fn spawn(
-        peer: Peer,
-        dev: Arc<Mutex<Ivshmem>>,
-        doorbells: Arc<Mutex<Doorbells>>,
-        changed: Arc<EventFd>,
-        vectors: u16,
-        migrating: Arc<AtomicBool>,
-    ) -> std::io::Result<Self> {
+    pub fn spawn(peer: Peer, shared: Shared) -> std::io::Result<Self> {
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let state = State {
             peer,
-            dev,
-            doorbells,
-            changed,
+            dev: shared.dev,
+            doorbells: shared.doorbells,
+            changed: shared.changed,
             stop: stop.clone(),
-            vectors,
+            vectors: shared.vectors,
             backoff: Backoff::new(),
-            migrating,
+            held: shared.held,
+            migrating: shared.migrating,
+            standby: shared.standby,
             announced: false,
         };
         let handle = std::thread::Builder::new()
@@ -127,9 +140,9 @@ struct State {
     stop: Arc<EventFd>,
     vectors: u16,
     backoff: Backoff,
-    /// Set while the VM is being migrated: the destination takes our
-    /// connection over, and we must not take it back by reconnecting.
+    held: Option<Arc<AtomicBool>>,
     migrating: Arc<AtomicBool>,
+    standby: Arc<AtomicBool>,
     announced: bool,
 }
 
@@ -216,6 +229,11 @@ impl State {
                     log::info!("shmem: peer {id} left");
                     self.doorbells().remove_peer(id);
                 }
+                Membership::ServerGone if self.standby.load(Ordering::Acquire) => {
+                    log::warn!(
+                        "shmem: the group server closed the membership of this VM, which has not run yet (the migration source took it back?); not reconnecting unless the VM is resumed"
+                    );
+                }
                 Membership::ServerGone => {
                     log::warn!(
                         "shmem: group server gone; the region and doorbells keep working, reconnecting"
@@ -255,6 +273,14 @@ impl State {
     /// Own eventfds to watch: only while the guest has MSI-X off (INTx), so
     /// that MSI-X doorbells never wake this thread.
     fn intx_fds(&self) -> Vec<(u16, RawFd)> {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.load(Ordering::Acquire))
+        {
+            // Doorbells wait in the eventfds for whichever VM runs next.
+            return Vec::new();
+        }
         let msix = self
             .dev
             .lock()
@@ -266,6 +292,11 @@ impl State {
         (0..self.vectors)
             .filter_map(|v| self.peer.vector_fd(u32::from(v)).map(|fd| (v, fd)))
             .collect()
+    }
+
+    /// Whether another VMM may hold our membership now (do not reconnect).
+    fn stay_away(&self) -> bool {
+        self.migrating.load(Ordering::Acquire) || self.standby.load(Ordering::Acquire)
     }
 
     fn run(mut self) {
@@ -297,7 +328,7 @@ impl State {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = if socket.is_some() || self.migrating.load(Ordering::Acquire) {
+            let timeout = if socket.is_some() || self.stay_away() {
                 -1
             } else {
                 // Rounded up: waking early would skip the attempt.
@@ -341,7 +372,7 @@ impl State {
             if !migrating {
                 self.announced = false;
             }
-            if self.peer.socket_fd().is_none() && !migrating {
+            if self.peer.socket_fd().is_none() && !self.stay_away() {
                 self.try_reconnect();
             }
         }

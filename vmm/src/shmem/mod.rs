@@ -121,6 +121,10 @@ pub struct ShmemDevice {
     /// Token and id that let a migrated VM take this membership over.
     identity: Option<GroupIdentity>,
     migrating: Arc<AtomicBool>,
+    /// A migration destination's membership until the VM runs: a lost
+    /// server connection (the source taking the membership back) is not
+    /// re-established from here.
+    standby: Arc<AtomicBool>,
     changed: Option<Arc<EventFd>>,
     dev: Arc<Mutex<Ivshmem>>,
     relocator: Arc<Relocator>,
@@ -157,6 +161,18 @@ impl ShmemDevice {
     /// with its token if the destination had taken the membership over).
     pub fn end_migration(&self) {
         self.set_migrating(false);
+        self.release_doorbells();
+    }
+
+    /// The migrated VM runs here (the source's `go` came, or the operator
+    /// resumed it): doorbells are delivered, and the membership is kept
+    /// (taken back with the token if the connection was lost meanwhile).
+    pub fn go_live(&self) {
+        self.standby
+            .store(false, std::sync::atomic::Ordering::Release);
+        if let Some(c) = &self.changed {
+            let _ = c.write(1);
+        }
         self.release_doorbells();
     }
 
@@ -368,7 +384,9 @@ impl devices::pci::MsixNotifier for NoVectors {
     }
 }
 
-/// Joins the group of `cfg` and adds its device to the VM.
+/// Joins the group of `cfg` and adds its device to the VM. With
+/// `takeover` (a migration destination) the membership is taken over from
+/// the source and stays in standby until [`ShmemDevice::go_live`].
 pub fn attach_group(
     p: &Platform<'_>,
     cfg: &GroupConfig,
@@ -458,13 +476,18 @@ pub fn attach_group(
         mapping.len()
     );
     let migrating = Arc::new(AtomicBool::new(false));
+    let standby = Arc::new(AtomicBool::new(takeover.is_some()));
     let thread = GroupThread::spawn(
         peer,
-        dev.clone(),
-        doorbells,
-        changed.clone(),
-        vectors,
-        migrating.clone(),
+        group_thread::Shared {
+            dev: dev.clone(),
+            doorbells,
+            changed: changed.clone(),
+            vectors,
+            held: vector_set.as_ref().map(|v| v.held_flag()),
+            migrating: migrating.clone(),
+            standby: standby.clone(),
+        },
     )
     .map_err(ShmemError::Thread)?;
     Ok(ShmemDevice {
@@ -472,6 +495,7 @@ pub fn attach_group(
         group: Some(membership),
         identity,
         migrating,
+        standby,
         changed: Some(changed),
         dev,
         relocator,
@@ -520,6 +544,7 @@ pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDev
         group: None,
         identity: None,
         migrating: Arc::new(AtomicBool::new(false)),
+        standby: Arc::new(AtomicBool::new(false)),
         changed: None,
         dev,
         relocator,

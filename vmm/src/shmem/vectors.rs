@@ -33,9 +33,11 @@ pub struct Vectors {
     vm: Arc<dyn Vm>,
     routing: Arc<IrqRouting>,
     vectors: Mutex<Vec<Vector>>,
-    /// Delivery is held back (the VM is being migrated away): doorbells stay
-    /// in the eventfds, for whichever VM wires them next.
-    held: std::sync::atomic::AtomicBool,
+    /// Delivery is held back (the VM is being migrated away, or is a
+    /// migration destination waiting for `go`): doorbells stay in the
+    /// eventfds, for whichever VM wires them next. The group thread reads
+    /// it too (no INTx delivery while held).
+    held: Arc<std::sync::atomic::AtomicBool>,
     /// Signalled when a vector's wiring changed (the group thread then
     /// re-checks whether it must deliver through INTx).
     changed: Arc<EventFd>,
@@ -64,7 +66,7 @@ impl Vectors {
             vm,
             routing,
             vectors: Mutex::new(vectors),
-            held: std::sync::atomic::AtomicBool::new(false),
+            held: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             changed,
             log: LogLimiter::new(),
         })
@@ -90,6 +92,11 @@ impl Vectors {
         v.wired = false;
     }
 
+    /// Whether delivery is held (see [`Vectors::hold`]), for the group thread.
+    pub fn held_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.held.clone()
+    }
+
     /// Stops delivering doorbells to this VM (before its state is saved for
     /// a migration): they wait in the eventfds instead of being consumed.
     pub fn hold(&self) {
@@ -98,15 +105,19 @@ impl Vectors {
         for v in vectors.iter_mut().filter(|v| v.wired) {
             self.unwire(v);
         }
+        // The group thread stops watching for INTx.
+        let _ = self.changed.write(1);
     }
 
-    /// Delivers again after [`Vectors::hold`] (the migration failed).
+    /// Delivers again after [`Vectors::hold`] (the migration failed, or
+    /// the migrated VM runs).
     pub fn release(&self) {
         let mut vectors = self.vectors.lock().unwrap_or_else(PoisonError::into_inner);
         self.held.store(false, std::sync::atomic::Ordering::Release);
         for v in vectors.iter_mut().filter(|v| v.wanted && !v.wired) {
             self.wire(v);
         }
+        let _ = self.changed.write(1);
     }
 
     /// Unwires every vector (the device goes away or the VM stops).
