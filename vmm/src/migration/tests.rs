@@ -429,13 +429,7 @@ fn receiver_refuses_pages_outside_ram() {
     let (rx, _) = spawn_receiver(&format!("unix:{path}"), FakeTarget::default());
     let s = UnixStream::connect(&path).unwrap();
     let mut w = FrameWriter::new(s.try_clone().unwrap());
-    let hello = serde_json::to_vec(&Hello {
-        ram_size: MIB,
-        page_size: 4096,
-        local: false,
-        config: serde_json::json!({}),
-    })
-    .unwrap();
+    let hello = hello_json(MIB, false, serde_json::json!({}));
     w.send(Kind::Hello, &[&hello]).unwrap();
     w.send_pages(255, 2, &[0b11], &[]).unwrap();
     w.flush().unwrap();
@@ -505,13 +499,7 @@ fn fuzz_stream_survives_truncations_of_a_real_stream() {
     let mut bytes = Vec::new();
     {
         let mut w = FrameWriter::new(&mut bytes);
-        let hello = serde_json::to_vec(&Hello {
-            ram_size: MIB,
-            page_size: 4096,
-            local: false,
-            config: serde_json::json!({}),
-        })
-        .unwrap();
+        let hello = hello_json(MIB, false, serde_json::json!({}));
         w.send(Kind::Hello, &[&hello]).unwrap();
         w.send_pages(0, 2, &[0b10], &[7u8; 4096]).unwrap();
         w.send_iteration_end(0, 2).unwrap();
@@ -535,13 +523,7 @@ fn page_zeroed_after_the_first_pass_is_zeroed_at_the_destination() {
     let mut bytes = Vec::new();
     {
         let mut w = FrameWriter::new(&mut bytes);
-        let hello = serde_json::to_vec(&Hello {
-            ram_size: MIB,
-            page_size: 4096,
-            local: false,
-            config: serde_json::json!({}),
-        })
-        .unwrap();
+        let hello = hello_json(MIB, false, serde_json::json!({}));
         w.send(Kind::Hello, &[&hello]).unwrap();
         w.send_pages(3, 2, &[0], &[9u8; 8192]).unwrap();
         w.send_iteration_end(0, 256).unwrap();
@@ -589,13 +571,7 @@ fn fuzz_entry_points_survive_random_mutations() {
     let mut stream = Vec::new();
     {
         let mut w = FrameWriter::new(&mut stream);
-        let hello = serde_json::to_vec(&Hello {
-            ram_size: MIB,
-            page_size: 4096,
-            local: false,
-            config: serde_json::json!({"memory": MIB}),
-        })
-        .unwrap();
+        let hello = hello_json(MIB, false, serde_json::json!({"memory": MIB}));
         w.send(Kind::Hello, &[&hello]).unwrap();
         w.send_pages(1, 9, &[0b1010_1010, 1], &[3u8; 4 * 4096])
             .unwrap();
@@ -649,13 +625,7 @@ fn fuzz_entry_points_survive_random_mutations() {
 
 #[test]
 fn receiver_refuses_a_handed_over_ram_file_shorter_than_ram() {
-    let hello = serde_json::to_vec(&Hello {
-        ram_size: 4 * MIB,
-        page_size: 4096,
-        local: true,
-        config: serde_json::json!({}),
-    })
-    .unwrap();
+    let hello = hello_json(4 * MIB, true, serde_json::json!({}));
     let mut bytes = Vec::new();
     {
         let mut w = FrameWriter::new(&mut bytes);
@@ -680,13 +650,7 @@ fn receiver_refuses_a_handed_over_ram_file_shorter_than_ram() {
 
 #[test]
 fn receiver_refuses_a_ram_size_that_is_not_whole_pages() {
-    let hello = serde_json::to_vec(&Hello {
-        ram_size: 4097,
-        page_size: 4096,
-        local: false,
-        config: serde_json::json!({}),
-    })
-    .unwrap();
+    let hello = hello_json(4097, false, serde_json::json!({}));
     let mut bytes = Vec::new();
     {
         let mut w = FrameWriter::new(&mut bytes);
@@ -859,17 +823,22 @@ fn go_lost_leaves_the_source_committed_and_a_complete_paused_destination() {
     assert_restored_not_started(run.received, &run.target);
 }
 
+/// The JSON body of a hello frame for `ram_size` bytes of 4 KiB pages.
+fn hello_json(ram_size: u64, local: bool, config: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&Hello {
+        ram_size,
+        page_size: 4096,
+        local,
+        config,
+    })
+    .unwrap()
+}
+
 /// A whole stream up to the commit, then `tail`.
 fn stream_to_commit(tail: impl FnOnce(&mut FrameWriter<&mut Vec<u8>>)) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut w = FrameWriter::new(&mut bytes);
-    let hello = serde_json::to_vec(&Hello {
-        ram_size: MIB,
-        page_size: 4096,
-        local: false,
-        config: serde_json::json!({}),
-    })
-    .unwrap();
+    let hello = hello_json(MIB, false, serde_json::json!({}));
     w.send(Kind::Hello, &[&hello]).unwrap();
     w.send_pages(0, 1, &[0], &[5u8; 4096]).unwrap();
     w.send_iteration_end(0, 1).unwrap();
