@@ -313,6 +313,15 @@ struct Exchange {
 const EXCHANGE_SALT: u64 = 0x5348_4f41_4c58_4348;
 
 impl Exchange {
+    /// No rounds yet; slots follow the stop word at `base`.
+    fn new(base: usize) -> Exchange {
+        Exchange {
+            base,
+            rounds: 0,
+            received: 0,
+        }
+    }
+
     fn slot(&self, id: u16) -> usize {
         self.base + 64 + 64 * usize::from(id)
     }
@@ -528,11 +537,7 @@ fn a_group_member_migrates_while_a_host_peer_and_another_vm_exchange_with_it() {
         &format!("scenario=shm op=info,exchange role=responder peer={member} every=16 rering=2"),
     );
     assert_eq!(shm_id(&mut vm2), other, "the other VM got another id");
-    let mut ex = Exchange {
-        base,
-        rounds: 0,
-        received: 0,
-    };
+    let mut ex = Exchange::new(base);
     for _ in 0..30 {
         ex.respond(&host, member);
     }
@@ -563,10 +568,15 @@ fn a_group_member_migrates_while_a_host_peer_and_another_vm_exchange_with_it() {
     assert!(ex.received >= ex.rounds, "the host lost doorbells");
 }
 
-#[test]
-fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
-    let group = Group::start("migrate", 1);
+/// A group, a host peer (subscribed to membership events with `watch`) and a
+/// member to migrate that answers the host's exchange rounds, ready for the
+/// first round: (group, host, move, member id, exchange).
+fn responder_member(name: &str, watch: bool) -> (Group, Peer, Move, u16, Exchange) {
+    let group = Group::start(name, 1);
     let mut host = Peer::connect(&group.socket).unwrap();
+    if watch {
+        host.watch().unwrap();
+    }
     let base = host.data_offset() as usize;
     let mut mv = Move::start(
         &group,
@@ -578,11 +588,13 @@ fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
     let vm = shm_id(&mut mv.src);
     wait_for_join(&mut host, Some(vm));
     mv.src.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
-    let mut ex = Exchange {
-        base,
-        rounds: 0,
-        received: 0,
-    };
+    (group, host, mv, vm, Exchange::new(base))
+}
+
+#[test]
+fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
+    let (_group, host, mut mv, vm, mut ex) = responder_member("migrate", false);
+    let base = ex.base;
     for _ in 0..50 {
         ex.round(&host, vm);
     }
@@ -607,25 +619,8 @@ fn api(socket: &std::path::Path, args: &[&str]) -> (bool, String) {
 #[test]
 fn a_member_whose_commit_ack_is_lost_keeps_its_id_and_doorbells_at_the_source() {
     use shoal_tests::frame_proxy::{frame_proxy, Trigger};
-    let group = Group::start("ack-lost", 1);
-    let mut host = Peer::connect(&group.socket).unwrap();
-    host.watch().unwrap();
-    let base = host.data_offset() as usize;
-    let mut mv = Move::start(
-        &group,
-        &format!(
-            "scenario=shm op=info,exchange role=responder peer={} every=16 rering=2",
-            host.id()
-        ),
-    );
-    let vm = shm_id(&mut mv.src);
-    wait_for_join(&mut host, Some(vm));
-    mv.src.wait_for_line("SHOAL-TG shm ready", TIMEOUT).unwrap();
-    let mut ex = Exchange {
-        base,
-        rounds: 0,
-        received: 0,
-    };
+    let (group, mut host, mut mv, vm, mut ex) = responder_member("ack-lost", true);
+    let base = ex.base;
     // Rounds also collect the member's membership events.
     let mut events = Vec::new();
     let mut step = |host: &mut Peer, ex: &mut Exchange| {
