@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,7 +185,25 @@ pub fn irq_source(dev: &Path) -> Option<IrqSource> {
 }
 
 #[derive(Debug)]
-struct Epoch(AtomicU32);
+struct Epoch(AtomicU32, AtomicBool);
+
+impl Epoch {
+    fn new() -> Self {
+        Epoch(AtomicU32::new(0), AtomicBool::new(false))
+    }
+
+    /// The interrupt thread ended: wake every sleeper, and make later
+    /// sleeps fail so that waiters poll instead (see `Pci::sleep`).
+    fn fail(&self) {
+        self.1.store(true, Ordering::Release);
+        self.0.fetch_add(1, Ordering::AcqRel);
+        futex::wake(&self.0, u32::MAX);
+    }
+
+    fn failed(&self) -> bool {
+        self.1.load(Ordering::Acquire)
+    }
+}
 
 /// Clears the interrupt-disable bit in the PCI command register through
 /// `config` (sysfs), letting INTx through again.
@@ -273,13 +291,15 @@ fn spawn_dispatcher(
                     continue;
                 }
                 if n <= 0 {
-                    log::error!("shoal: interrupt device failed; waiters fall back to timeouts");
+                    log::error!("shoal: interrupt device failed; waiters poll from now on");
+                    epoch.fail();
                     return;
                 }
                 epoch.0.fetch_add(1, Ordering::AcqRel);
                 futex::wake(&epoch.0, u32::MAX);
                 if let Err(e) = ack.acknowledge() {
-                    log::error!("shoal: cannot unmask INTx ({e}); waiters fall back to timeouts");
+                    log::error!("shoal: cannot unmask INTx ({e}); waiters poll from now on");
+                    epoch.fail();
                     return;
                 }
             }
@@ -350,7 +370,7 @@ impl Pci {
         }
         let position = regs.read32(REG_IV_POSITION);
         let id = u16::try_from(position).map_err(|_| TransportError::NoDevice)?;
-        let epoch = Arc::new(Epoch(AtomicU32::new(0)));
+        let epoch = Arc::new(Epoch::new());
         let kind = match irq.or_else(|| irq_source(&dev)) {
             Some(source) => match spawn_dispatcher(&source, &dev, &regs, Arc::clone(&epoch)) {
                 Ok(()) => {
@@ -407,6 +427,14 @@ unsafe impl Transport for Pci {
 
     fn sleep(&self, token: u32, timeout: Option<Duration>) -> Result<(), TransportError> {
         match self.kind {
+            SleepKind::Doorbell if self.epoch.failed() => {
+                // Without interrupts a sleep would never end: the error
+                // makes waiters poll (sync::wait).
+                return Err(TransportError::Io(
+                    "the interrupt thread ended",
+                    io::ErrorKind::BrokenPipe.into(),
+                ));
+            }
             SleepKind::Doorbell => {
                 futex::wait(&self.epoch.0, token, timeout)
                     .map_err(|e| TransportError::Io("futex", e))?;
@@ -518,6 +546,37 @@ mod tests {
             "woken by the timeout, not the interrupt"
         );
         assert_ne!(pci.sleep_token(), token);
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn a_failed_interrupt_device_wakes_sleepers_and_makes_later_sleeps_fail() {
+        let root = fake_sysfs("irq-gone", 2);
+        let fifo = root.join("irq-fifo");
+        let cpath = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || fs::OpenOptions::new().write(true).open(fifo).unwrap()
+        });
+        let pci = Arc::new(Pci::open_with(&root, None, Some(IrqSource::Driver(fifo))).unwrap());
+        let writer = writer.join().unwrap();
+        let token = pci.sleep_token();
+        let sleeper = {
+            let pci = Arc::clone(&pci);
+            // No timeout: only the interrupt thread can end this sleep.
+            std::thread::spawn(move || pci.sleep(token, None))
+        };
+        // The device goes away: the interrupt thread reads end-of-file.
+        drop(writer);
+        // Woken (or, if it slept after the failure, refused): it returns.
+        let _ = sleeper.join().unwrap();
+        assert_ne!(pci.sleep_token(), token, "the sleeper was not woken");
+        assert!(
+            pci.sleep(pci.sleep_token(), None).is_err(),
+            "a later sleep would block forever"
+        );
         let _ = fs::remove_dir_all(root);
     }
 
