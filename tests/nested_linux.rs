@@ -11,11 +11,18 @@
 //! ID of the ACPI tables Shoal wrote), and the test guest's `SHOAL-TG ...`.
 //! The script's own verdict lines are not what is asserted.
 //!
+//! L1 under QEMU TCG very rarely freezes for good (its vCPU halted with
+//! nothing armed to wake it; about one run in 25 of the migrate step here).
+//! The script notices the silence, prints QEMU's view of L1's CPU and says
+//! "NESTED-HOST: L1 froze"; such a run is repeated once ([`nested`]). A
+//! second freeze, and every other failure, fails the test.
+//!
 //! The script builds shoal statically and the initramfs (cached in
 //! `.cache/nested`; `scripts/test` prepares them before the tests start).
 
 #![allow(clippy::unwrap_used)]
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::Duration;
 
@@ -41,6 +48,14 @@ impl Nested {
         Nested {
             run: GuestProcess::spawn(command).unwrap(),
         }
+    }
+
+    /// The script saw L1 freeze (see the crate docs).
+    fn froze(&self) -> bool {
+        self.run
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("NESTED-HOST: L1 froze"))
     }
 
     /// The next line containing `marker`, or the test fails with the output.
@@ -153,6 +168,23 @@ impl Nested {
     }
 }
 
+/// Runs `check` on a run of `steps`, once more if L1 froze the first time.
+fn nested(steps: &[&str], check: impl Fn(&mut Nested)) {
+    let mut run = Nested::start(steps);
+    let Err(failure) = catch_unwind(AssertUnwindSafe(|| check(&mut run))) else {
+        return;
+    };
+    if !run.froze() {
+        resume_unwind(failure);
+    }
+    eprintln!(
+        "L1 froze under QEMU TCG (not a step failure); its output:\n{}\nrunning {steps:?} once more",
+        run.run.output()
+    );
+    drop(run);
+    check(&mut Nested::start(steps));
+}
+
 impl Drop for Nested {
     fn drop(&mut self) {
         let group = self.run.pid() as libc::pid_t;
@@ -164,7 +196,10 @@ impl Drop for Nested {
 
 #[test]
 fn nested_linux_bzimage_and_pvh_reach_init_in_shoal() {
-    let mut run = Nested::start(&["test-guest", "bzimage", "pvh"]);
+    nested(&["test-guest", "bzimage", "pvh"], boot_steps);
+}
+
+fn boot_steps(run: &mut Nested) {
     run.expect_kvm();
     run.expect(GUEST_DONE, STEP_TIMEOUT);
     run.expect_shoal_exit_ok("test-guest");
@@ -193,7 +228,10 @@ fn nested_linux_bzimage_and_pvh_reach_init_in_shoal() {
 
 #[test]
 fn nested_linux_live_migration_of_a_running_linux_guest() {
-    let mut run = Nested::start(&["migrate"]);
+    nested(&["migrate"], migrate_step);
+}
+
+fn migrate_step(run: &mut Nested) {
     run.expect_kvm();
     run.expect("NESTED-L1: migrate: source at tick 3", STEP_TIMEOUT);
     run.expect(
@@ -221,8 +259,8 @@ fn nested_linux_live_migration_of_a_running_linux_guest() {
             }
         }
     };
-    let source = ticks(&mut run, "NESTED-L1: migrate: destination serial:");
-    let destination = ticks(&mut run, "NESTED-L1: migrate: end of serial");
+    let source = ticks(run, "NESTED-L1: migrate: destination serial:");
+    let destination = ticks(run, "NESTED-L1: migrate: end of serial");
     let numbers: Vec<u32> = source.iter().chain(&destination).map(|t| t.0).collect();
     assert_eq!(
         numbers,
@@ -246,18 +284,20 @@ fn nested_linux_live_migration_of_a_running_linux_guest() {
 
 #[test]
 fn nested_linux_sdk_with_the_guest_driver_msix() {
-    let mut run = Nested::start(&["driver"]);
-    run.expect_kvm();
-    run.expect_sdk("driver", "shoal_ivshmem");
-    run.expect_done();
+    nested(&["driver"], |run| {
+        run.expect_kvm();
+        run.expect_sdk("driver", "shoal_ivshmem");
+        run.expect_done();
+    });
 }
 
 #[test]
 fn nested_linux_sdk_with_uio_pci_generic_intx() {
-    let mut run = Nested::start(&["uio"]);
-    run.expect_kvm();
-    run.expect_sdk("uio", "uio_pci_generic");
-    run.expect_done();
+    nested(&["uio"], |run| {
+        run.expect_kvm();
+        run.expect_sdk("uio", "uio_pci_generic");
+        run.expect_done();
+    });
 }
 
 /// What `scripts/demo` runs with hardware virtualization: the guest image's
@@ -265,7 +305,10 @@ fn nested_linux_sdk_with_uio_pci_generic_intx() {
 /// and running the OpenMP Jacobi in a team with a host peer.
 #[test]
 fn nested_linux_demo_guest_image_runs_the_openmp_team_in_shoal() {
-    let mut run = Nested::start(&["image"]);
+    nested(&["image"], image_step);
+}
+
+fn image_step(run: &mut Nested) {
     run.expect_kvm();
     run.expect("NESTED-L2: image: SHOAL-INIT: uptime", STEP_TIMEOUT);
     run.expect(
