@@ -18,6 +18,7 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::memory::GuestRam;
 use crate::migrate::{IncomingVm, VmSource};
 use crate::migration::{self, Listener, MigrationProgress, MigrationUrl};
+use crate::shmem::GroupMembership;
 use crate::vm::{Error, RunningVm};
 use crate::{signals, ExitReason, VmEvent};
 
@@ -159,6 +160,22 @@ fn receive(
         vm,
         unconfirmed: report.unconfirmed,
     })
+}
+
+/// The refusal of a forced resume while process `pid` (0: unknown) holds
+/// the peer id of `group`; `api`: this VMM's API socket.
+fn held_elsewhere(group: &GroupMembership, pid: u32, api: &Path) -> String {
+    let holder = match pid {
+        0 => "another process".to_string(),
+        pid => format!("another process (pid {pid})"),
+    };
+    format!(
+        "not resuming, even with force: the group server at {} says peer {} of group {} is held by {holder}, so the migration source took the membership back and runs the guest; shut this copy down with `shoal api --socket {} shutdown`",
+        group.socket,
+        group.peer_id,
+        group.name,
+        api.display()
+    )
 }
 
 /// A VM received for a VMM started without one, or why receiving failed.
@@ -589,7 +606,8 @@ impl Control<'_> {
 
     /// `vm.resume`. A VM kept paused after an unconfirmed incoming
     /// migration needs `force` (the operator checked that the source is
-    /// gone).
+    /// gone), and is refused even then while a group server says another
+    /// process (the source) holds one of its memberships.
     fn resume(&mut self, force: bool) -> ApiResponse {
         if let Some(why) = &self.unconfirmed {
             if !force {
@@ -598,6 +616,9 @@ impl Control<'_> {
                     unconfirmed_advice(self.api_socket())
                 ));
             }
+            if let Some(refusal) = self.membership_held_elsewhere() {
+                return ApiResponse::conflict(&refusal);
+            }
             log::warn!("resuming the incoming VM by force ({why}): this copy is the guest now");
             self.unconfirmed = None;
             self.vm.go_live();
@@ -605,6 +626,27 @@ impl Control<'_> {
         self.vm.resume();
         self.paused = false;
         ApiResponse::ok()
+    }
+
+    /// Why a forced resume is refused: a group server says another process
+    /// holds the peer id of one of this VM's memberships (the source took
+    /// it back, so it runs the guest). A server that cannot be asked does
+    /// not stop the resume.
+    fn membership_held_elsewhere(&self) -> Option<String> {
+        for s in &self.vm.shared {
+            let Some(group) = s.group_info() else {
+                continue;
+            };
+            match s.peer_held_elsewhere() {
+                Ok(Some(pid)) => return Some(held_elsewhere(&group, pid, self.api_socket())),
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "{}; resuming on the operator's word",
+                    migration::error_chain(&e)
+                ),
+            }
+        }
+        None
     }
 
     /// This VMM's API socket, for advice ("PATH" if it has none).
