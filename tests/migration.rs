@@ -562,8 +562,30 @@ fn assert_kept_paused(dest: &GuestProcess, api_sock: &Path) {
     assert_eq!(info["state"], "paused", "{info}");
     let why = info["paused_reason"].as_str().unwrap_or_default();
     assert!(why.contains("did not confirm the commit"), "{info}");
-    let hint = format!("shoal api --socket {} resume", api_sock.display());
+    let hint = format!("shoal api --socket {} resume --force", api_sock.display());
     assert!(dest.stderr().contains(&hint), "{}", dest.stderr());
+    assert!(
+        dest.guest_lines().is_empty(),
+        "the destination ran the guest:\n{}",
+        dest.output()
+    );
+}
+
+/// A plain `resume` of the paused destination is refused with a 409 that
+/// says why and what to do; the VM stays paused.
+fn assert_plain_resume_refused(dest: &GuestProcess, api_sock: &Path) {
+    let (ok, out, err) = api(api_sock, &["resume"]);
+    assert!(!ok, "a plain resume was accepted:\n{out}{err}");
+    for needle in [
+        "HTTP 409",
+        "the source may still run the guest",
+        "resume --force",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    let info = info_state(api_sock);
+    assert_eq!(info["state"], "paused", "{info}");
+    assert!(info["paused_reason"].is_string(), "{info}");
     assert!(
         dest.guest_lines().is_empty(),
         "the destination ran the guest:\n{}",
@@ -577,6 +599,7 @@ fn commit_ack_lost_leaves_the_source_running_and_the_destination_paused() {
     assert_failed_and_source_runs(&mut f.src, &f.socket, &f.result, "before committing");
     let api_sock = f.dest_api.unwrap();
     assert_kept_paused(&f.dest, &api_sock);
+    assert_plain_resume_refused(&f.dest, &api_sock);
     // The source runs: the operator shuts the paused copy down.
     let (ok, out, err) = api(&api_sock, &["shutdown"]);
     assert!(ok, "{out}{err}");
@@ -593,7 +616,7 @@ fn commit_ack_lost_leaves_the_source_running_and_the_destination_paused() {
 }
 
 #[test]
-fn go_lost_leaves_a_paused_destination_that_resumes_the_guest() {
+fn go_lost_leaves_a_paused_destination_that_resumes_the_guest_only_by_force() {
     let mut f = migrate_through("go-lost", Trigger::source(GO, 1, Fault::Cut), true);
     let (ok, out, err) = &f.result;
     assert!(ok, "the source did not commit:\n{out}\n{err}");
@@ -608,8 +631,11 @@ fn go_lost_leaves_a_paused_destination_that_resumes_the_guest() {
         .unwrap();
     let api_sock = f.dest_api.unwrap();
     assert_kept_paused(&f.dest, &api_sock);
-    // The source exited: the paused VM is the only copy; resume it.
-    let (ok, out, err) = api(&api_sock, &["resume"]);
+    // The destination cannot tell that the source is gone: a plain resume
+    // is refused.
+    assert_plain_resume_refused(&f.dest, &api_sock);
+    // The source exited: the paused VM is the only copy; resume it by force.
+    let (ok, out, err) = api(&api_sock, &["resume", "--force"]);
     assert!(ok, "{out}{err}\n{}", f.dest.output());
     let first = loop {
         let line = f

@@ -610,6 +610,19 @@ fn a_group_member_migrates_while_exchanging_with_a_host_peer() {
     assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
 }
 
+/// Waits until `vm`'s log (stderr) says `text`.
+fn wait_for_log(vm: &GuestProcess, text: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !vm.stderr().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in:\n{}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `shoal api --socket <socket> <args>`: (success, stdout + stderr).
 fn api(socket: &std::path::Path, args: &[&str]) -> (bool, String) {
     let (ok, out, err) = shoal_tests::shoal_api(socket, args).unwrap();
@@ -650,14 +663,27 @@ fn a_member_whose_commit_ack_is_lost_keeps_its_id_and_doorbells_at_the_source() 
     assert!(said.contains("the VM runs on here"), "{said}");
     seen.join().unwrap();
     // The destination waits, paused, with the membership it took over.
-    let deadline = Instant::now() + TIMEOUT;
-    while !mv.dest.stderr().contains("kept paused") {
-        assert!(Instant::now() < deadline, "{}", mv.dest.output());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_log(&mv.dest, "kept paused");
     let (ok, info) = api(&mv.dest_api, &["info"]);
     assert!(ok && info.contains("\"paused\""), "{info}");
     // The source took its membership back: same id, doorbells both ways.
+    for _ in 0..50 {
+        step(&mut host, &mut ex);
+    }
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    // The destination saw its connection closed, and the group server says
+    // the source holds the id: even a forced resume is refused, and the
+    // paused copy leaves the membership alone.
+    wait_for_log(&mv.dest, "closed the membership of this VM");
+    let (ok, said) = api(&mv.dest_api, &["resume", "--force"]);
+    assert!(!ok, "a forced resume was accepted:\n{said}");
+    let held = format!(
+        "peer {vm} of group ack-lost is held by another process (pid {})",
+        mv.src.pid()
+    );
+    assert!(said.contains("HTTP 409") && said.contains(&held), "{said}");
+    let (ok, info) = api(&mv.dest_api, &["info"]);
+    assert!(ok && info.contains("\"paused\""), "{info}");
     for _ in 0..50 {
         step(&mut host, &mut ex);
     }
@@ -683,4 +709,42 @@ fn a_member_whose_commit_ack_is_lost_keeps_its_id_and_doorbells_at_the_source() 
     stop_exchange(&host, base, &[vm]);
     assert_exchange_clean(&mut mv.src);
     assert_eq!(ex.received, ex.rounds, "the host lost doorbells");
+}
+
+#[test]
+fn a_member_whose_go_is_lost_resumes_by_force_with_its_id_and_doorbells() {
+    use shoal_tests::frame_proxy::{frame_proxy, Fault, Trigger, GO};
+    let (group, host, mut mv, vm, mut ex) = responder_member("go-lost", false);
+    let base = ex.base;
+    for _ in 0..50 {
+        ex.round(&host, vm);
+    }
+    // The source commits and exits; its go never reaches the destination,
+    // which took the membership over and keeps it, paused.
+    mv.wait_for_destination();
+    let dir = group.socket.parent().unwrap();
+    let trigger = Trigger::source(GO, 1, Fault::Cut);
+    let (proxy, seen) = frame_proxy(dir, mv.mig.clone(), mv.dest.pid(), trigger).unwrap();
+    let (ok, said) = api(&mv.api, &["send-migration", &proxy]);
+    assert!(ok, "the source did not commit:\n{said}");
+    seen.join().unwrap();
+    wait_for_log(&mv.dest, "kept paused");
+    let (ok, said) = api(&mv.dest_api, &["resume"]);
+    assert!(!ok && said.contains("HTTP 409"), "{said}");
+    // This VMM's connection holds the id: a forced resume runs the guest.
+    let (ok, said) = api(&mv.dest_api, &["resume", "--force"]);
+    assert!(ok, "{said}\n{}", mv.dest.output());
+    for _ in 0..50 {
+        ex.round(&host, vm);
+    }
+    assert_eq!(peer_state(&host, vm), Some("alive"));
+    assert!(mv.src.wait_for_exit(TIMEOUT).unwrap().success());
+    // The guest waited paused for the operator, longer than it waits
+    // before ringing again: re-rings are expected, lost writes are not.
+    stop_exchange(&host, base, &[vm]);
+    mv.dest
+        .wait_for_line("SHOAL-TG shm exchange done", TIMEOUT)
+        .unwrap();
+    assert!(mv.dest.error_lines().is_empty(), "{}", mv.dest.output());
+    assert!(ex.received >= ex.rounds, "the host lost doorbells");
 }

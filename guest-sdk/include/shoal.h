@@ -39,58 +39,58 @@
 #define SHOAL_BARRIER_SERIAL 2
 
 // Invalid argument (null, out of range, bad name).
-#define SHOAL_EINVAL -1
+#define SHOAL_EINVAL (-1)
 
 // Out of shared memory.
-#define SHOAL_ENOMEM -2
+#define SHOAL_ENOMEM (-2)
 
 // Timed out.
-#define SHOAL_ETIMEDOUT -3
+#define SHOAL_ETIMEDOUT (-3)
 
 // Unlock of a mutex this peer does not hold.
-#define SHOAL_ENOTOWNER -4
+#define SHOAL_ENOTOWNER (-4)
 
 // Offset or pointer is not in the heap/region.
-#define SHOAL_EFOREIGN -5
+#define SHOAL_EFOREIGN (-5)
 
 // Block is not allocated (double free).
-#define SHOAL_ENOTALLOC -6
+#define SHOAL_ENOTALLOC (-6)
 
 // Block is a named object (remove it by name).
-#define SHOAL_ENAMED -7
+#define SHOAL_ENAMED (-7)
 
 // No such named object.
-#define SHOAL_ENOENT -8
+#define SHOAL_ENOENT (-8)
 
 // Named object exists with a smaller size.
-#define SHOAL_ESIZE -9
+#define SHOAL_ESIZE (-9)
 
 // Region layout unusable (magic, version, too small).
-#define SHOAL_ELAYOUT -10
+#define SHOAL_ELAYOUT (-10)
 
 // Cannot reach the group (socket, device).
-#define SHOAL_ETRANSPORT -11
+#define SHOAL_ETRANSPORT (-11)
 
 // Team already has all its members.
-#define SHOAL_ETEAMFULL -12
+#define SHOAL_ETEAMFULL (-12)
 
 // Party count mismatch (barrier/team).
-#define SHOAL_EPARTIES -13
+#define SHOAL_EPARTIES (-13)
 
 // Heap metadata inconsistent.
-#define SHOAL_ECORRUPT -14
+#define SHOAL_ECORRUPT (-14)
 
 // Internal panic caught at the boundary.
-#define SHOAL_EPANIC -15
+#define SHOAL_EPANIC (-15)
 
 // System call failure.
-#define SHOAL_EIO -16
+#define SHOAL_EIO (-16)
 
 // Lock is held (trylock).
-#define SHOAL_EBUSY -17
+#define SHOAL_EBUSY (-17)
 
 // Named-object table full.
-#define SHOAL_ENAMES -18
+#define SHOAL_ENAMES (-18)
 
 // A peer's handle (`shoal_t`, opaque). Any number of threads may use it
 // at once; `shoal_close` must be the last call on it.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use vmm::api::client::{self, ClientError, Response};
-use vmm::api::{RestoreBody, SnapshotBody};
+use vmm::api::{RestoreBody, ResumeBody, SnapshotBody};
 use vmm::migration::{
     MigrationReport, MigrationState, MigrationStatus, ReceiveOptions, SendOptions,
 };
@@ -31,7 +31,13 @@ pub enum ApiCommand {
     /// Pause the guest.
     Pause,
     /// Resume the guest.
-    Resume,
+    Resume {
+        /// Also run a VM kept paused after an incoming migration whose
+        /// source did not confirm the commit: only once the source VMM has
+        /// exited (else two copies of the guest would run).
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop the VM.
     Shutdown,
     /// Pause the VM and write a snapshot into DIR (the VM stays paused).
@@ -112,7 +118,11 @@ fn execute(socket: &Path, command: ApiCommand) -> Result<ExitCode, ClientError> 
     let response = match command {
         ApiCommand::Info => client::call(socket, "GET", "vm.info", none)?,
         ApiCommand::Pause => client::call(socket, "PUT", "vm.pause", none)?,
-        ApiCommand::Resume => client::call(socket, "PUT", "vm.resume", none)?,
+        ApiCommand::Resume { force: false } => client::call(socket, "PUT", "vm.resume", none)?,
+        ApiCommand::Resume { force: true } => {
+            let body = ResumeBody { force: true };
+            client::call(socket, "PUT", "vm.resume", Some(&body))?
+        }
         ApiCommand::Shutdown => client::call(socket, "PUT", "vm.shutdown", none)?,
         ApiCommand::Snapshot { destination } => {
             let body = SnapshotBody { destination };
@@ -373,6 +383,19 @@ mod tests {
         assert!(parse("12X").is_err());
         assert!(parse("M").is_err());
         assert!(parse("99999999999G").is_err());
+    }
+
+    #[test]
+    fn resume_takes_force() {
+        let force = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["x", "--socket", "/s", "resume"].iter().chain(args));
+            match cli.unwrap().api.command {
+                ApiCommand::Resume { force } => force,
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert!(!force(&[]));
+        assert!(force(&["--force"]));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! power-off and reset, signals, API requests and migration results all
 //! arrive here as [`VmEvent`]s and are handled one at a time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::memory::GuestRam;
 use crate::migrate::{IncomingVm, VmSource};
 use crate::migration::{self, Listener, MigrationProgress, MigrationUrl};
+use crate::shmem::GroupMembership;
 use crate::vm::{Error, RunningVm};
 use crate::{signals, ExitReason, VmEvent};
 
@@ -50,7 +51,7 @@ pub struct RunOptions {
 
 fn restore(
     hyp: &KvmHypervisor,
-    dir: &std::path::Path,
+    dir: &Path,
     serial: &Option<SerialOutput>,
     events: &Sender<VmEvent>,
 ) -> Result<RunningVm, Error> {
@@ -104,13 +105,22 @@ impl Arrived {
     }
 }
 
+/// What the operator does with a VM restored from a migration whose `go`
+/// did not come; `api`: this VMM's API socket.
+fn unconfirmed_advice(api: &Path) -> String {
+    format!(
+        "check that the source VMM has exited (its migration-status said completed, or its log says \"migration complete\"), then run the guest here with `shoal api --socket {0} resume --force`; if the source still runs the guest, shut this copy down with `shoal api --socket {0} shutdown`",
+        api.display()
+    )
+}
+
 /// Tells the operator what to do with a VM restored from a migration whose
 /// `go` did not come; `api`: this VMM's API socket.
-fn log_unconfirmed(why: &str, api: Option<&std::path::Path>) {
+fn log_unconfirmed(why: &str, api: Option<&Path>) {
     match api {
         Some(api) => log::error!(
-            "the incoming VM is restored and kept paused: {why}. The source may have exited (its go got lost): if it did, the guest lives only here, resume it with `shoal api --socket {0} resume`; if the source still runs the VM, shut this one down with `shoal api --socket {0} shutdown`",
-            api.display()
+            "the incoming VM is restored and kept paused: {why}. The source may still run the guest, or it may have exited (its go got lost) and the guest lives only here: {}",
+            unconfirmed_advice(api)
         ),
         None => log::error!(
             "the incoming VM is restored and kept paused: {why}. This VMM has no --api-socket, so it cannot be resumed: if the source still runs the VM, stop this VMM; if the source exited, the guest state is only in this paused VM and is lost when it stops (start destinations with --api-socket to be able to resume them)"
@@ -123,7 +133,7 @@ fn receive(
     listener: &Listener,
     serial: &Option<SerialOutput>,
     events: &Sender<VmEvent>,
-    api: Option<&std::path::Path>,
+    api: Option<&Path>,
 ) -> Result<Arrived, Error> {
     log::info!("waiting for an incoming migration");
     let stream = listener.accept().map_err(|e| Error::Migration(e.into()))?;
@@ -150,6 +160,22 @@ fn receive(
         vm,
         unconfirmed: report.unconfirmed,
     })
+}
+
+/// The refusal of a forced resume while process `pid` (0: unknown) holds
+/// the peer id of `group`; `api`: this VMM's API socket.
+fn held_elsewhere(group: &GroupMembership, pid: u32, api: &Path) -> String {
+    let holder = match pid {
+        0 => "another process".to_string(),
+        pid => format!("another process (pid {pid})"),
+    };
+    format!(
+        "not resuming, even with force: the group server at {} says peer {} of group {} is held by {holder}, so the migration source took the membership back and runs the guest; shut this copy down with `shoal api --socket {} shutdown`",
+        group.socket,
+        group.peer_id,
+        group.name,
+        api.display()
+    )
 }
 
 /// A VM received for a VMM started without one, or why receiving failed.
@@ -318,6 +344,7 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
         vm: Arc::new(arrived.vm),
         paused: arrived.unconfirmed.is_some(),
         unconfirmed: arrived.unconfirmed,
+        api: options.api_socket.clone(),
         migration: Arc::new(MigrationProgress::default()),
         migrating: false,
     }
@@ -330,7 +357,7 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
 }
 
 /// Forwards API requests into the control loop's channel.
-fn start_api(path: &std::path::Path, events: Sender<VmEvent>) -> Result<ApiServer, Error> {
+fn start_api(path: &Path, events: Sender<VmEvent>) -> Result<ApiServer, Error> {
     let (api_tx, api_rx) = channel::<ApiMessage>();
     let server = ApiServer::start(path, api_tx).map_err(Error::Api)?;
     std::thread::Builder::new()
@@ -353,8 +380,10 @@ struct Control<'a> {
     paused: bool,
     /// The VM came from a migration whose source did not confirm the commit
     /// (why): paused, doorbells held, group memberships in standby, until
-    /// the operator resumes it here (or shuts it down).
+    /// the operator resumes it here with force (or shuts it down).
     unconfirmed: Option<String>,
+    /// This VMM's API socket, for the advice in answers.
+    api: Option<PathBuf>,
     migration: Arc<MigrationProgress>,
     migrating: bool,
 }
@@ -530,18 +559,8 @@ impl Control<'_> {
                 self.paused = true;
                 ApiResponse::ok()
             }
-            ApiRequest::VmResume if self.migrating => busy(),
-            ApiRequest::VmResume => {
-                if let Some(why) = self.unconfirmed.take() {
-                    log::info!(
-                        "resuming the incoming VM on request ({why}): this copy is the guest now"
-                    );
-                    self.vm.go_live();
-                }
-                self.vm.resume();
-                self.paused = false;
-                ApiResponse::ok()
-            }
+            ApiRequest::VmResume { .. } if self.migrating => busy(),
+            ApiRequest::VmResume { force } => self.resume(force),
             ApiRequest::VmShutdown => {
                 return (ApiResponse::ok(), Next::Exit(Ok(ExitReason::Shutdown)));
             }
@@ -569,7 +588,7 @@ impl Control<'_> {
             }
             ApiRequest::SendMigration(_) if self.migrating => busy(),
             ApiRequest::SendMigration(_) if self.unconfirmed.is_some() => ApiResponse::conflict(
-                "this VM waits for a decision after an unconfirmed incoming migration: resume it or shut it down",
+                "this VM waits for a decision after an unconfirmed incoming migration: resume it with force or shut it down",
             ),
             ApiRequest::SendMigration(opts) => self.send_migration(opts),
             ApiRequest::MigrationStatus => ApiResponse::json(&self.migration.status()),
@@ -583,6 +602,56 @@ impl Control<'_> {
             }
         };
         (response, Next::Continue)
+    }
+
+    /// `vm.resume`. A VM kept paused after an unconfirmed incoming
+    /// migration needs `force` (the operator checked that the source is
+    /// gone), and is refused even then while a group server says another
+    /// process (the source) holds one of its memberships.
+    fn resume(&mut self, force: bool) -> ApiResponse {
+        if let Some(why) = &self.unconfirmed {
+            if !force {
+                return ApiResponse::conflict(&format!(
+                    "this VM is kept paused after an incoming migration: {why}, so the source may still run the guest; {}",
+                    unconfirmed_advice(self.api_socket())
+                ));
+            }
+            if let Some(refusal) = self.membership_held_elsewhere() {
+                return ApiResponse::conflict(&refusal);
+            }
+            log::warn!("resuming the incoming VM by force ({why}): this copy is the guest now");
+            self.unconfirmed = None;
+            self.vm.go_live();
+        }
+        self.vm.resume();
+        self.paused = false;
+        ApiResponse::ok()
+    }
+
+    /// Why a forced resume is refused: a group server says another process
+    /// holds the peer id of one of this VM's memberships (the source took
+    /// it back, so it runs the guest). A server that cannot be asked does
+    /// not stop the resume.
+    fn membership_held_elsewhere(&self) -> Option<String> {
+        for s in &self.vm.shared {
+            let Some(group) = s.group_info() else {
+                continue;
+            };
+            match s.peer_held_elsewhere() {
+                Ok(Some(pid)) => return Some(held_elsewhere(&group, pid, self.api_socket())),
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "{}; resuming on the operator's word",
+                    migration::error_chain(&e)
+                ),
+            }
+        }
+        None
+    }
+
+    /// This VMM's API socket, for advice ("PATH" if it has none).
+    fn api_socket(&self) -> &Path {
+        self.api.as_deref().unwrap_or(Path::new("PATH"))
     }
 
     fn send_migration(&mut self, opts: migration::SendOptions) -> ApiResponse {

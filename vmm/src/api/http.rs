@@ -5,7 +5,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::{ApiRequest, ApiResponse, RestoreBody, SnapshotBody, API_PREFIX};
+use super::{ApiRequest, ApiResponse, RestoreBody, ResumeBody, SnapshotBody, API_PREFIX};
 use crate::migration::{MigrationUrl, ReceiveOptions, SendOptions};
 
 /// Largest request head (request line and headers).
@@ -113,6 +113,17 @@ fn body<T: DeserializeOwned>(body: &[u8], endpoint: &str) -> Result<T, ApiRespon
         .map_err(|e| ApiResponse::error(400, &format!("bad {endpoint} body: {e}")))
 }
 
+/// A body that may be left out (empty or only whitespace): `T::default()`.
+fn optional_body<T: DeserializeOwned + Default>(
+    payload: &[u8],
+    endpoint: &str,
+) -> Result<T, ApiResponse> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    body(payload, endpoint)
+}
+
 fn check_url(url: &str) -> Result<(), ApiResponse> {
     MigrationUrl::parse(url)
         .map(|_| ())
@@ -157,7 +168,10 @@ pub fn route(method: &str, path: &str, payload: &[u8]) -> Result<ApiRequest, Api
     Ok(match endpoint {
         "vm.info" => ApiRequest::VmInfo,
         "vm.pause" => ApiRequest::VmPause,
-        "vm.resume" => ApiRequest::VmResume,
+        "vm.resume" => {
+            let b: ResumeBody = optional_body(payload, endpoint)?;
+            ApiRequest::VmResume { force: b.force }
+        }
         "vm.shutdown" => ApiRequest::VmShutdown,
         "vm.snapshot" => {
             let b: SnapshotBody = body(payload, endpoint)?;
@@ -293,7 +307,12 @@ mod tests {
         let cases: [(&str, &str, &str, ApiRequest); 6] = [
             ("GET", "vm.info", "", ApiRequest::VmInfo),
             ("PUT", "vm.pause", "", ApiRequest::VmPause),
-            ("POST", "vm.resume", "", ApiRequest::VmResume),
+            (
+                "POST",
+                "vm.resume",
+                "",
+                ApiRequest::VmResume { force: false },
+            ),
             ("PUT", "vm.shutdown", "", ApiRequest::VmShutdown),
             (
                 "GET",
@@ -394,6 +413,49 @@ mod tests {
     }
 
     #[test]
+    fn resume_without_a_body_is_not_forced() {
+        for payload in [&b""[..], b"  \r\n"] {
+            assert_eq!(
+                route("PUT", "/api/v1/vm.resume", payload).unwrap(),
+                ApiRequest::VmResume { force: false }
+            );
+        }
+    }
+
+    #[test]
+    fn resume_with_force_is_forced() {
+        assert_eq!(
+            route("PUT", "/api/v1/vm.resume", br#"{"force":true}"#).unwrap(),
+            ApiRequest::VmResume { force: true }
+        );
+        assert_eq!(
+            route("PUT", "/api/v1/vm.resume", br#"{"force":false}"#).unwrap(),
+            ApiRequest::VmResume { force: false }
+        );
+        assert_eq!(
+            route("PUT", "/api/v1/vm.resume", b"{}").unwrap(),
+            ApiRequest::VmResume { force: false }
+        );
+    }
+
+    #[test]
+    fn resume_with_a_bad_body_is_a_400_naming_the_problem() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"{", "EOF"),
+            (br#"{"force":"yes"}"#, "invalid type"),
+            (br#"{"forced":true}"#, "unknown field `forced`"),
+            (b"null", "invalid type: null"),
+        ];
+        for (payload, problem) in cases {
+            let err = route("PUT", "/api/v1/vm.resume", payload).unwrap_err();
+            assert_eq!(err.status, 400);
+            let message = err.body.unwrap()["error"].as_str().unwrap().to_string();
+            assert!(message.starts_with("bad vm.resume body"), "{message}");
+            assert!(message.contains(problem), "{message}");
+        }
+    }
+
+    #[test]
     fn wrong_method_is_405_and_unknown_endpoint_is_404() {
         assert_eq!(
             route("GET", "/api/v1/vm.pause", b"").unwrap_err().status,
@@ -424,6 +486,7 @@ mod tests {
         fuzz_request(b"");
         fuzz_request(b"PUT /api/v1/vm.snapshot HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"dest");
         fuzz_request(b"GET / HTTP/1.1\r\n\r\n");
+        fuzz_request(b"PUT /api/v1/vm.resume HTTP/1.1\r\nContent-Length: 9\r\n\r\n{\"force\"");
         fuzz_request(&[0xff; 100]);
     }
 }

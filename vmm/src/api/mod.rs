@@ -49,8 +49,9 @@ pub enum ApiRequest {
     VmInfo,
     /// `PUT vm.pause`.
     VmPause,
-    /// `PUT vm.resume`.
-    VmResume,
+    /// `PUT vm.resume`, with an optional [`ResumeBody`]. `force` is needed
+    /// to run a VM kept paused after an unconfirmed incoming migration.
+    VmResume { force: bool },
     /// `PUT vm.shutdown`: stop the VM and exit.
     VmShutdown,
     /// `PUT vm.snapshot`: pause, write a snapshot into `destination`, stay paused.
@@ -175,7 +176,8 @@ pub struct VmInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Why the VMM keeps the VM paused by itself: an incoming migration
-    /// whose source did not confirm the commit. `vm.resume` runs it here.
+    /// whose source did not confirm the commit. `vm.resume` with `force`
+    /// runs it here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_reason: Option<String>,
 }
@@ -185,6 +187,16 @@ pub struct VmInfo {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotBody {
     pub destination: PathBuf,
+}
+
+/// The body of `vm.resume` (optional: no body is `force: false`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeBody {
+    /// Run a VM kept paused after an incoming migration whose source did
+    /// not confirm the commit: the operator checked that the source is gone.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// The body of `vm.restore`.

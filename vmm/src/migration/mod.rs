@@ -16,7 +16,8 @@
 //! destination runs the VM only after reading `go`: at most one side ever
 //! runs it. A `go` written but lost leaves the destination with the VM
 //! restored and not started ([`ReceiveReport::unconfirmed`]), for the
-//! operator to resume.
+//! operator to resume with force (`vm.resume` with `force`, once the
+//! source is known to be gone).
 
 pub mod fake;
 pub mod frame;

@@ -100,6 +100,8 @@ pub struct Shared {
     /// A migration destination not running yet: the source may take the
     /// membership back (it resumed), and we must not reconnect either.
     pub standby: Arc<AtomicBool>,
+    /// Whether the server connection is up; the thread keeps it current.
+    pub connected: Arc<AtomicBool>,
 }
 
 impl GroupThread {
@@ -117,6 +119,7 @@ impl GroupThread {
             held: shared.held,
             migrating: shared.migrating,
             standby: shared.standby,
+            connected: shared.connected,
             announced: false,
         };
         let handle = std::thread::Builder::new()
@@ -143,6 +146,7 @@ struct State {
     held: Option<Arc<AtomicBool>>,
     migrating: Arc<AtomicBool>,
     standby: Arc<AtomicBool>,
+    connected: Arc<AtomicBool>,
     announced: bool,
 }
 
@@ -207,8 +211,17 @@ impl State {
         }
     }
 
+    /// Publishes whether the server connection is up.
+    fn note_connection(&self) {
+        self.connected
+            .store(self.peer.is_connected(), Ordering::Release);
+    }
+
     fn membership(&mut self) {
-        let events = match self.peer.poll_events() {
+        let events = self.peer.poll_events();
+        // Before the log lines below: whoever reads them sees the flag.
+        self.note_connection();
+        let events = match events {
             Ok(events) => events,
             Err(e) => {
                 // A server that breaks the protocol would otherwise keep the
@@ -375,6 +388,7 @@ impl State {
             if self.peer.socket_fd().is_none() && !self.stay_away() {
                 self.try_reconnect();
             }
+            self.note_connection();
         }
     }
 }

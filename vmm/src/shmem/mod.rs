@@ -15,13 +15,15 @@ mod vectors;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use devices::ivshmem::{Ivshmem, IvshmemConfig, REGION_BAR, REGS_BAR};
 use devices::pci::{assign_bars, BarRelocator, BarReprogram, PciBdf, PciDevice};
 use devices::ratelimit::LogLimiter;
 use hypervisor::Vm;
+use shmem_group::ext::StatusReport;
 use shmem_group::memory::Mapping;
 use shmem_group::{Peer, PeerOptions};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -64,7 +66,12 @@ pub enum ShmemError {
     Thread(#[source] std::io::Error),
     #[error("cannot set up doorbells")]
     Doorbells(#[source] std::io::Error),
+    #[error("cannot ask the group server at {0} who holds peer {1}")]
+    Status(PathBuf, u16, #[source] shmem_group::client::ClientError),
 }
+
+/// How long asking a group server for its status may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Follows BAR moves of one device: BAR0 carries the doorbell ioeventfds,
 /// BAR2 is a memory slot.
@@ -125,6 +132,8 @@ pub struct ShmemDevice {
     /// server connection (the source taking the membership back) is not
     /// re-established from here.
     standby: Arc<AtomicBool>,
+    /// The group server connection (`None` for a plain file).
+    server: Option<ServerConnection>,
     changed: Option<Arc<EventFd>>,
     dev: Arc<Mutex<Ivshmem>>,
     relocator: Arc<Relocator>,
@@ -203,6 +212,28 @@ impl ShmemDevice {
         self.group.clone()
     }
 
+    /// The pid of another process whose connection holds this device's
+    /// peer id, as the group server says; `None` when this VMM's own
+    /// connection holds it, nobody does, or the device is a plain file.
+    ///
+    /// A server holds each id through one connection and closes the old
+    /// one when another takes the id over: while this VMM's connection is
+    /// up the id is ours (no need to ask). Once the server closed it (a
+    /// migration source took its membership back, or the server went
+    /// away), the server's status tells whether some connection holds the
+    /// id now.
+    pub fn peer_held_elsewhere(&self) -> Result<Option<u32>, ShmemError> {
+        let (Some(server), Some(group)) = (&self.server, &self.group) else {
+            return Ok(None);
+        };
+        if server.up.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let status = shmem_group::client::query_status(&server.socket, STATUS_TIMEOUT)
+            .map_err(|e| ShmemError::Status(server.socket.clone(), group.peer_id, e))?;
+        Ok(connected_holder(&status, group.peer_id))
+    }
+
     /// Doorbell writes that reached the VMM rather than a KVM ioeventfd
     /// (0 while every ring goes to a known peer: the kernel fast path).
     pub fn doorbells_in_vmm(&self) -> u64 {
@@ -250,6 +281,24 @@ impl ShmemDevice {
         }
         Ok(())
     }
+}
+
+/// The pid of the connection that holds peer `id` in `status` (0 if the
+/// server could not tell), if one does.
+fn connected_holder(status: &StatusReport, id: u16) -> Option<u32> {
+    status
+        .members
+        .iter()
+        .find(|m| m.id == id && m.connected)
+        .map(|m| m.pid)
+}
+
+/// A device's connection to its group server.
+#[derive(Debug)]
+struct ServerConnection {
+    socket: PathBuf,
+    /// Whether the connection is up (kept by the group thread).
+    up: Arc<AtomicBool>,
 }
 
 impl Drop for ShmemDevice {
@@ -477,6 +526,7 @@ pub fn attach_group(
     );
     let migrating = Arc::new(AtomicBool::new(false));
     let standby = Arc::new(AtomicBool::new(takeover.is_some()));
+    let connected = Arc::new(AtomicBool::new(true));
     let thread = GroupThread::spawn(
         peer,
         group_thread::Shared {
@@ -487,6 +537,7 @@ pub fn attach_group(
             held: vector_set.as_ref().map(|v| v.held_flag()),
             migrating: migrating.clone(),
             standby: standby.clone(),
+            connected: connected.clone(),
         },
     )
     .map_err(ShmemError::Thread)?;
@@ -496,6 +547,10 @@ pub fn attach_group(
         identity,
         migrating,
         standby,
+        server: Some(ServerConnection {
+            socket: cfg.socket.clone(),
+            up: connected,
+        }),
         changed: Some(changed),
         dev,
         relocator,
@@ -545,6 +600,7 @@ pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDev
         identity: None,
         migrating: Arc::new(AtomicBool::new(false)),
         standby: Arc::new(AtomicBool::new(false)),
+        server: None,
         changed: None,
         dev,
         relocator,
@@ -553,4 +609,47 @@ pub fn attach_plain(p: &Platform<'_>, cfg: &PlainShmemConfig) -> Result<ShmemDev
         vectors: None,
         thread: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmem_group::ext::MemberStatus;
+
+    fn member(id: u16, pid: u32, connected: bool) -> MemberStatus {
+        MemberStatus {
+            id,
+            state: if connected { "alive" } else { "dead" }.into(),
+            generation: 1,
+            pid,
+            extension: true,
+            connected,
+            doorbells_sent: 0,
+            doorbells_received: 0,
+        }
+    }
+
+    fn status(members: Vec<MemberStatus>) -> StatusReport {
+        StatusReport {
+            group: "g".into(),
+            size: 1 << 20,
+            vectors: 1,
+            max_peers: 8,
+            server_epoch: 1,
+            members,
+        }
+    }
+
+    #[test]
+    fn a_connected_member_with_the_id_is_its_holder() {
+        let s = status(vec![member(0, 10, true), member(3, 42, true)]);
+        assert_eq!(connected_holder(&s, 3), Some(42));
+    }
+
+    #[test]
+    fn a_dead_or_missing_id_has_no_holder() {
+        let s = status(vec![member(0, 10, true), member(3, 42, false)]);
+        assert_eq!(connected_holder(&s, 3), None);
+        assert_eq!(connected_holder(&s, 5), None);
+    }
 }
