@@ -100,6 +100,13 @@ fn sock(name: &str) -> String {
 /// The same socket carrying 1 GiB in 1 MiB writes, no framing:
 /// (GiB/s, CPU of the sender, CPU of the receiver).
 fn plain_copy(listen: &str) -> (f64, Duration, Duration) {
+    plain_copy_into(listen, None)
+}
+
+/// [`plain_copy`], the receiver writing what it reads into `ram` (a fresh
+/// memfd: what any migration must at least do on this host).
+fn plain_copy_into(listen: &str, ram: Option<std::fs::File>) -> (f64, Duration, Duration) {
+    use std::os::unix::fs::FileExt;
     let url = MigrationUrl::parse(listen).unwrap();
     let listener = url.listen().unwrap();
     let url = match listener.tcp_port() {
@@ -113,10 +120,20 @@ fn plain_copy(listen: &str) -> (f64, Duration, Duration) {
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n as u64,
-            }
+            let n = match &ram {
+                Some(f) => match s.read_exact(&mut buf) {
+                    Ok(()) => {
+                        f.write_all_at(&buf, total).unwrap();
+                        buf.len()
+                    }
+                    Err(_) => break,
+                },
+                None => match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+            };
+            total += n as u64;
         }
         (total, thread_cpu() - cpu)
     });
@@ -148,6 +165,11 @@ fn print_plain(name: &str, (rate, send, receive): (f64, Duration, Duration)) {
 #[ignore = "benchmark: run by hand in release mode"]
 fn bench_migration_1gib() {
     print_plain("plain copy over unix", plain_copy(&sock("plain")));
+    let fresh = crate::memory::create_memfd("bench", GIB).unwrap();
+    print_plain(
+        "plain copy into fresh RAM",
+        plain_copy_into(&sock("plain-ram"), Some(fresh)),
+    );
     print_plain(
         "plain copy over tcp loopback",
         plain_copy("tcp:127.0.0.1:0"),
@@ -227,6 +249,11 @@ fn bench_migration_steps_per_gib() {
 #[ignore = "benchmark: run by hand in release mode"]
 fn bench_profile_full_unix() {
     print_plain("plain copy over unix", plain_copy(&sock("plain")));
+    let fresh = crate::memory::create_memfd("bench", GIB).unwrap();
+    print_plain(
+        "plain copy into fresh RAM",
+        plain_copy_into(&sock("plain-ram"), Some(fresh)),
+    );
     for i in 0..3 {
         let full = FakeVm::new(GIB).unwrap();
         full.fill(1).unwrap();
