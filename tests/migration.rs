@@ -134,14 +134,34 @@ fn restore_refuses_a_corrupt_snapshot() {
 
 /// Migrates a `checksum` guest to `url` and checks that the destination
 /// goes on with the same RAM checksum and the source exits.
+/// `shoal api migration-status` at `socket`: its first line.
+fn migration_line(socket: &Path) -> String {
+    let (ok, out, err) = api(socket, &["migration-status"]);
+    assert!(ok, "{out}{err}");
+    out.lines().next().unwrap_or_default().to_string()
+}
+
 fn migrate_keeps_ram(url: &str, dir: &Path, extra: &[&str]) {
-    let mut dest = GuestProcess::shoal(&["run", "--incoming", url]).unwrap();
+    let dest_api = dir.join("dest-api.sock");
+    let mut dest = GuestProcess::shoal(&[
+        "run",
+        "--incoming",
+        url,
+        "--api-socket",
+        dest_api.to_str().unwrap(),
+    ])
+    .unwrap();
     // The source must not connect before the destination listens.
     if let Some(path) = url.strip_prefix("unix:") {
         wait_for_socket(Path::new(path));
     } else {
         std::thread::sleep(Duration::from_millis(300));
     }
+    // While it waits, the destination answers its API.
+    wait_for_socket(&dest_api);
+    assert_eq!(info_state(&dest_api)["state"], "receiving");
+    let waiting = migration_line(&dest_api);
+    assert!(waiting.starts_with("incoming: listening"), "{waiting}");
     let (mut src, socket) = source_vm(dir, "scenario=checksum interval=100");
     let before = src.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
     let mut args = vec!["send-migration", url];
@@ -161,7 +181,35 @@ fn migrate_keeps_ram(url: &str, dir: &Path, extra: &[&str]) {
         "RAM checksum changed: {before} -> {after}"
     );
     dest.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
+    // How the VM arrived, from the destination's side.
+    let (ok, out, err) = api(&dest_api, &["migration-status"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("incoming: received"), "{out}");
+    assert!(out.contains("  bytes received  "), "{out}");
+    let status = status_json(&dest_api);
+    let report = &status["report"];
+    assert!(report["bytes_total"].as_u64().unwrap() > 0, "{status}");
+    if extra.contains(&"--local") {
+        assert_eq!(report["local"], true, "{status}");
+    } else {
+        assert!(report["pages_data"].as_u64().unwrap() > 0, "{status}");
+        assert!(status["bytes_received"].as_u64().unwrap() > 0, "{status}");
+    }
     assert!(dest.error_lines().is_empty(), "{}", dest.output());
+}
+
+/// `vm.migration-status` at `socket`, as JSON (the CLI prints it as text).
+fn status_json(socket: &Path) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(
+        b"GET /api/v1/vm.migration-status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
 #[test]
@@ -631,6 +679,12 @@ fn go_lost_leaves_a_paused_destination_that_resumes_the_guest_only_by_force() {
         .unwrap();
     let api_sock = f.dest_api.unwrap();
     assert_kept_paused(&f.dest, &api_sock);
+    let status = status_json(&api_sock);
+    assert_eq!(status["state"], "unconfirmed", "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("did not confirm"),
+        "{status}"
+    );
     // The destination cannot tell that the source is gone: a plain resume
     // is refused.
     assert_plain_resume_refused(&f.dest, &api_sock);
@@ -789,10 +843,14 @@ fn a_vmm_without_a_vm_receives_a_migration_through_the_api() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(info["error"].is_string(), "{info}");
+    let failed = status_json(&empty);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(failed["error"].is_string(), "{failed}");
 
     // A real migration then arrives and runs here.
     let (ok, out, err) = api(&empty, &["receive-migration", &url]);
     assert!(ok, "{out}{err}");
+    assert_eq!(status_json(&empty)["state"], "listening");
     let (mut src, socket) = source_vm(&dir, "scenario=checksum interval=100");
     let before = src.wait_for_line("SHOAL-TG ramsum", TIMEOUT).unwrap();
     let (ok, out, err) = api(&socket, &["send-migration", &url]);
@@ -809,6 +867,9 @@ fn a_vmm_without_a_vm_receives_a_migration_through_the_api() {
         "RAM checksum changed: {before} -> {after}"
     );
     assert_eq!(info_state(&empty)["state"], "running");
+    let arrived = status_json(&empty);
+    assert_eq!(arrived["state"], "received", "{arrived}");
+    assert_eq!(arrived.get("error"), None, "{arrived}");
     assert!(api(&empty, &["shutdown"]).0);
     assert!(
         dest.wait_for_exit(TIMEOUT).unwrap().success(),

@@ -139,9 +139,16 @@ fn execute(socket: &Path, command: ApiCommand) -> Result<ExitCode, ClientError> 
             let r = client::call(socket, "GET", "vm.migration-status", none)?;
             if r.is_success() {
                 let s: MigrationStatus = r.parse()?;
-                println!("{}", status_line(&s));
-                if let Some(report) = &s.report {
-                    print_report(report);
+                if is_incoming(s.state) {
+                    println!("{}", incoming_line(&s));
+                    if let Some(report) = &s.report {
+                        print_incoming_report(report);
+                    }
+                } else {
+                    println!("{}", status_line(&s));
+                    if let Some(report) = &s.report {
+                        print_report(report);
+                    }
                 }
                 if let Some(e) = &s.error {
                     println!("error: {e}");
@@ -273,6 +280,10 @@ fn state_name(s: MigrationState) -> &'static str {
         MigrationState::Completed => "completed",
         MigrationState::Failed => "failed",
         MigrationState::Cancelled => "cancelled",
+        MigrationState::Listening => "listening",
+        MigrationState::Receiving => "receiving",
+        MigrationState::Received => "received",
+        MigrationState::Unconfirmed => "unconfirmed",
     }
 }
 
@@ -304,6 +315,42 @@ fn status_line(s: &MigrationStatus) -> String {
         line.push_str(&format!("  throttle {}%", s.throttle_percent));
     }
     line
+}
+
+/// A state of the receiving side.
+fn is_incoming(s: MigrationState) -> bool {
+    matches!(
+        s,
+        MigrationState::Listening
+            | MigrationState::Receiving
+            | MigrationState::Received
+            | MigrationState::Unconfirmed
+    )
+}
+
+/// The receiving side's line: state, bytes received of the RAM size, passes.
+fn incoming_line(s: &MigrationStatus) -> String {
+    format!(
+        "incoming: {}  {} received (RAM {})  iteration {}  {} ms",
+        state_name(s.state),
+        human(s.bytes_received),
+        human(s.ram_size),
+        s.iteration,
+        s.elapsed_ms
+    )
+}
+
+fn print_incoming_report(r: &MigrationReport) {
+    println!("  total time      {} ms", r.total_ms);
+    println!("  iterations      {}", r.iterations);
+    if r.local {
+        println!("  RAM             handed over (local), not copied");
+    }
+    println!("  bytes received  {}", human(r.bytes_total));
+    println!(
+        "  pages           {} with data, {} zero (not sent)",
+        r.pages_data, r.pages_zero
+    );
 }
 
 fn print_report(r: &MigrationReport) {
@@ -399,6 +446,31 @@ mod tests {
     }
 
     #[test]
+    fn the_receiving_side_has_its_own_line() {
+        let s = MigrationStatus {
+            state: MigrationState::Receiving,
+            iteration: 1,
+            ram_size: 1 << 30,
+            bytes_sent: 0,
+            bytes_received: 3 << 20,
+            rate_bps: 0,
+            dirty_rate_bps: 0,
+            remaining_bytes: 0,
+            expected_downtime_ms: 0,
+            throttle_percent: 0,
+            elapsed_ms: 250,
+            error: None,
+            report: None,
+        };
+        assert!(is_incoming(s.state));
+        assert!(!is_incoming(MigrationState::PreCopy));
+        assert_eq!(
+            incoming_line(&s),
+            "incoming: receiving  3.0 MiB received (RAM 1.0 GiB)  iteration 1  250 ms"
+        );
+    }
+
+    #[test]
     fn socket_is_required() {
         assert!(Cli::try_parse_from(["x", "info"]).is_err());
     }
@@ -417,6 +489,7 @@ mod tests {
             iteration: 0,
             ram_size: 1 << 30,
             bytes_sent: 1 << 29,
+            bytes_received: 0,
             rate_bps: 2 << 30,
             dirty_rate_bps: 10 << 20,
             remaining_bytes: 1 << 29,

@@ -17,7 +17,7 @@ use crate::boot::{boot, RamSource, Start};
 use crate::config::{SerialOutput, VmConfig};
 use crate::memory::GuestRam;
 use crate::migrate::{IncomingVm, VmSource};
-use crate::migration::{self, Listener, MigrationProgress, MigrationUrl};
+use crate::migration::{self, Listener, MigrationProgress, MigrationState, MigrationUrl};
 use crate::shmem::GroupMembership;
 use crate::vm::{Error, RunningVm};
 use crate::{signals, ExitReason, VmEvent};
@@ -94,6 +94,8 @@ pub struct Arrived {
     /// An incoming VM kept paused because the source did not confirm the
     /// commit (its `go` did not come): why.
     unconfirmed: Option<String>,
+    /// What `vm.migration-status` reports (how an incoming VM arrived).
+    migration: Arc<MigrationProgress>,
 }
 
 impl Arrived {
@@ -101,6 +103,7 @@ impl Arrived {
         Arrived {
             vm,
             unconfirmed: None,
+            migration: Arc::default(),
         }
     }
 }
@@ -128,17 +131,46 @@ fn log_unconfirmed(why: &str, api: Option<&Path>) {
     }
 }
 
+/// Receives one VM on `listener`, telling `progress` how it goes.
 fn receive(
     hyp: &KvmHypervisor,
     listener: &Listener,
     serial: &Option<SerialOutput>,
     events: &Sender<VmEvent>,
     api: Option<&Path>,
+    progress: Arc<MigrationProgress>,
 ) -> Result<Arrived, Error> {
+    let result = receive_into(hyp, listener, serial, events, api, &progress);
+    match result {
+        Ok((vm, unconfirmed)) => Ok(Arrived {
+            vm,
+            unconfirmed,
+            migration: progress,
+        }),
+        Err(e) => {
+            // The receiver reported its own failures; this is a later one
+            // (building the VM) or an earlier one (accepting).
+            if progress.state() != MigrationState::Failed {
+                progress.fail(migration::error_chain(&e), false);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn receive_into(
+    hyp: &KvmHypervisor,
+    listener: &Listener,
+    serial: &Option<SerialOutput>,
+    events: &Sender<VmEvent>,
+    api: Option<&Path>,
+    progress: &MigrationProgress,
+) -> Result<(RunningVm, Option<String>), Error> {
     log::info!("waiting for an incoming migration");
     let stream = listener.accept().map_err(|e| Error::Migration(e.into()))?;
     let mut target = IncomingVm::new(hyp, events.clone(), serial.clone());
-    let report = migration::receive(stream, &mut target).map_err(Error::Migration)?;
+    let report = migration::receive_with_progress(stream, &mut target, progress)
+        .map_err(Error::Migration)?;
     log::info!(
         "received the VM: {} bytes, {} pages with data, {} zero pages{}",
         report.bytes,
@@ -156,10 +188,7 @@ fn receive(
     if let Some(why) = &report.unconfirmed {
         log_unconfirmed(why, api);
     }
-    Ok(Arrived {
-        vm,
-        unconfirmed: report.unconfirmed,
-    })
+    Ok((vm, report.unconfirmed))
 }
 
 /// The refusal of a forced resume while process `pid` (0: unknown) holds
@@ -196,20 +225,34 @@ enum Created {
     Exit(ExitReason),
 }
 
+/// A receive already under way when the wait starts (`--incoming`): its
+/// address and progress. Its failure ends the VMM.
+struct Incoming {
+    url: String,
+    progress: Arc<MigrationProgress>,
+}
+
 /// The VMM without a VM: answers the API until `vm.restore` or
 /// `vm.receive-migration` creates the VM, or it is told to stop. A restore
 /// runs on this thread (the answer says whether it worked); a receive
 /// answers 202 once it listens, then runs on a thread of its own so that
-/// `vm.info` keeps answering (`receiving`) and a failed receive leaves the
-/// VMM waiting for the next request.
+/// `vm.info` (`receiving`) and `vm.migration-status` keep answering, and a
+/// failed receive leaves the VMM waiting for the next request. With
+/// `incoming` (`shoal run --incoming`) the receive runs from the start and
+/// its failure is the VMM's.
 fn wait_for_vm(
     hyp: &KvmHypervisor,
     options: &RunOptions,
     events: &Sender<VmEvent>,
     rx: &Receiver<VmEvent>,
+    incoming: Option<Incoming>,
 ) -> Result<Created, Error> {
     let serial = &options.serial;
-    let mut receiving: Option<String> = None;
+    let exit_on_failure = incoming.is_some();
+    let (mut receiving, progress) = match incoming {
+        Some(i) => (Some(i.url), i.progress),
+        None => (None, Arc::default()),
+    };
     let mut last_error: Option<String> = None;
     loop {
         let Ok(event) = rx.recv() else {
@@ -219,6 +262,7 @@ fn wait_for_vm(
             VmEvent::Signal(sig) => return Ok(Created::Exit(ExitReason::Signal(sig))),
             VmEvent::Incoming(Received(result)) => match *result {
                 Ok(arrived) => return Ok(Created::Vm(Box::new(arrived))),
+                Err(e) if exit_on_failure => return Err(e),
                 Err(e) => {
                     let why = migration::error_chain(&e);
                     log::error!("receiving a VM failed, waiting for the next request: {why}");
@@ -266,13 +310,19 @@ fn wait_for_vm(
                     ApiResponse::error(400, &why)
                 }
             },
+            ApiRequest::MigrationStatus => ApiResponse::json(&progress.status()),
+            ApiRequest::MigrationCancel if receiving.is_some() => ApiResponse::conflict(
+                "this VMM is receiving a VM: cancel the migration at its source (vm.migration-cancel there), or shut this VMM down",
+            ),
             ApiRequest::ReceiveMigration(opts) => match listen(&opts.receiver_url) {
                 Ok(listener) => {
+                    progress.begin_receive();
                     spawn_receiver(
                         listener,
                         serial.clone(),
                         options.api_socket.clone(),
                         events.clone(),
+                        progress.clone(),
                     )?;
                     receiving = Some(opts.receiver_url);
                     last_error = None;
@@ -295,13 +345,14 @@ fn spawn_receiver(
     serial: Option<SerialOutput>,
     api: Option<PathBuf>,
     events: Sender<VmEvent>,
+    progress: Arc<MigrationProgress>,
 ) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("receive".into())
         .spawn(move || {
-            let result = KvmHypervisor::new()
-                .map_err(Error::from)
-                .and_then(|hyp| receive(&hyp, &listener, &serial, &events, api.as_deref()));
+            let result = KvmHypervisor::new().map_err(Error::from).and_then(|hyp| {
+                receive(&hyp, &listener, &serial, &events, api.as_deref(), progress)
+            });
             let _ = events.send(VmEvent::Incoming(Received(Box::new(result))));
         })
         .map_err(Error::Thread)?;
@@ -322,14 +373,33 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
     let arrived = match &launch {
         Launch::Boot(config) => Arrived::running(boot(&hyp, config, &tx, Start::Fresh)?),
         Launch::Restore { dir } => Arrived::running(restore(&hyp, dir, &options.serial, &tx)?),
-        Launch::Incoming { url } => receive(
-            &hyp,
-            &listen(url)?,
-            &options.serial,
-            &tx,
-            options.api_socket.as_deref(),
-        )?,
-        Launch::Api => match wait_for_vm(&hyp, &options, &tx, &rx)? {
+        Launch::Incoming { url } => {
+            // Received on a thread of its own while this one answers the
+            // API (status, info) and signals.
+            let listener = listen(url)?;
+            let progress = Arc::new(MigrationProgress::default());
+            progress.begin_receive();
+            spawn_receiver(
+                listener,
+                options.serial.clone(),
+                options.api_socket.clone(),
+                tx.clone(),
+                progress.clone(),
+            )?;
+            let incoming = Incoming {
+                url: url.clone(),
+                progress,
+            };
+            match wait_for_vm(&hyp, &options, &tx, &rx, Some(incoming))? {
+                Created::Vm(arrived) => *arrived,
+                Created::Exit(reason) => {
+                    drop(rx);
+                    drop(_api);
+                    return Ok(reason);
+                }
+            }
+        }
+        Launch::Api => match wait_for_vm(&hyp, &options, &tx, &rx, None)? {
             Created::Vm(arrived) => *arrived,
             Created::Exit(reason) => {
                 drop(rx);
@@ -345,7 +415,7 @@ pub fn run(launch: Launch, options: RunOptions) -> Result<ExitReason, Error> {
         paused: arrived.unconfirmed.is_some(),
         unconfirmed: arrived.unconfirmed,
         api: options.api_socket.clone(),
-        migration: Arc::new(MigrationProgress::default()),
+        migration: arrived.migration,
         migrating: false,
     }
     .run(&rx);

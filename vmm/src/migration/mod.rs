@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use frame::{FrameError, Hello};
 pub use progress::{MigrationProgress, MigrationReport, MigrationState, MigrationStatus};
 pub use ram::RamView;
-pub use receiver::{fuzz_stream, receive, ReceiveReport};
+pub use receiver::{fuzz_stream, receive, receive_with_progress, ReceiveReport};
 pub use sender::{send, spawn_send};
 pub use url::{Listener, MigrationUrl, Stream, UrlError};
 

@@ -27,6 +27,15 @@ pub enum MigrationState {
     Failed,
     /// Cancelled by request; this side runs on.
     Cancelled,
+    /// Receiving side: waiting for the source to connect.
+    Listening,
+    /// Receiving side: the RAM and the state are arriving.
+    Receiving,
+    /// Receiving side: the VM runs here.
+    Received,
+    /// Receiving side: the VM is restored but the source did not confirm
+    /// the commit (`error` says why); it stays paused for the operator.
+    Unconfirmed,
 }
 
 impl MigrationState {
@@ -39,6 +48,10 @@ impl MigrationState {
             5 => MigrationState::Completed,
             6 => MigrationState::Failed,
             7 => MigrationState::Cancelled,
+            8 => MigrationState::Listening,
+            9 => MigrationState::Receiving,
+            10 => MigrationState::Received,
+            11 => MigrationState::Unconfirmed,
             _ => MigrationState::None,
         }
     }
@@ -51,6 +64,8 @@ impl MigrationState {
                 | MigrationState::PreCopy
                 | MigrationState::StopAndCopy
                 | MigrationState::Committing
+                | MigrationState::Listening
+                | MigrationState::Receiving
         )
     }
 }
@@ -84,6 +99,9 @@ pub struct MigrationStatus {
     pub iteration: u32,
     pub ram_size: u64,
     pub bytes_sent: u64,
+    /// Receiving side: the bytes read so far.
+    #[serde(default)]
+    pub bytes_received: u64,
     /// Link rate measured over the last iteration (bytes/s).
     pub rate_bps: u64,
     /// Rate at which the guest dirtied pages in the last iteration (bytes/s).
@@ -105,6 +123,7 @@ pub struct MigrationProgress {
     iteration: AtomicU32,
     ram_size: AtomicU64,
     bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
     rate_bps: AtomicU64,
     dirty_rate_bps: AtomicU64,
     remaining_bytes: AtomicU64,
@@ -124,6 +143,7 @@ impl Default for MigrationProgress {
             iteration: AtomicU32::new(0),
             ram_size: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
             rate_bps: AtomicU64::new(0),
             dirty_rate_bps: AtomicU64::new(0),
             remaining_bytes: AtomicU64::new(0),
@@ -174,12 +194,24 @@ impl MigrationProgress {
                 Err(now) => cur = now,
             }
         }
+        self.reset(ram_size);
+        true
+    }
+
+    /// Claims this progress for receiving a VM (listening for the source).
+    pub(crate) fn begin_receive(&self) {
+        self.set_state(MigrationState::Listening);
+        self.reset(0);
+    }
+
+    fn reset(&self, ram_size: u64) {
         *lock(&self.started) = Some(Instant::now());
         *lock(&self.error) = None;
         *lock(&self.report) = None;
         self.cancel.store(false, Ordering::Relaxed);
         for c in [
             &self.bytes_sent,
+            &self.bytes_received,
             &self.rate_bps,
             &self.dirty_rate_bps,
             &self.expected_downtime_ms,
@@ -191,7 +223,32 @@ impl MigrationProgress {
         self.throttle.store(0, Ordering::Relaxed);
         self.ram_size.store(ram_size, Ordering::Relaxed);
         self.remaining_bytes.store(ram_size, Ordering::Relaxed);
-        true
+    }
+
+    /// Receiving side: the source's hello announced `ram_size` bytes.
+    pub(crate) fn set_receiving(&self, ram_size: u64) {
+        self.ram_size.store(ram_size, Ordering::Relaxed);
+        self.set_state(MigrationState::Receiving);
+    }
+
+    pub(crate) fn set_bytes_received(&self, b: u64) {
+        self.bytes_received.store(b, Ordering::Relaxed);
+    }
+
+    /// Receiving side: the VM is here; `unconfirmed`: why it waits paused.
+    pub(crate) fn received(&self, mut report: MigrationReport, unconfirmed: Option<String>) {
+        let ms = self.elapsed_ms();
+        report.total_ms = ms;
+        self.finished_ms.store(ms, Ordering::Relaxed);
+        self.remaining_bytes.store(0, Ordering::Relaxed);
+        *lock(&self.report) = Some(report);
+        let state = if unconfirmed.is_some() {
+            MigrationState::Unconfirmed
+        } else {
+            MigrationState::Received
+        };
+        *lock(&self.error) = unconfirmed;
+        self.set_state(state);
     }
 
     pub(crate) fn set_state(&self, s: MigrationState) {
@@ -260,6 +317,7 @@ impl MigrationProgress {
             iteration: self.iteration.load(Ordering::Relaxed),
             ram_size: self.ram_size.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
             rate_bps: self.rate_bps.load(Ordering::Relaxed),
             dirty_rate_bps: self.dirty_rate_bps.load(Ordering::Relaxed),
             remaining_bytes: self.remaining_bytes.load(Ordering::Relaxed),
@@ -303,6 +361,31 @@ mod tests {
         assert!(!p.try_begin(1));
         p.complete(MigrationReport::default());
         assert!(p.try_begin(1));
+    }
+
+    #[test]
+    fn a_receive_goes_from_listening_to_received_with_its_counters() {
+        let p = MigrationProgress::default();
+        p.begin_receive();
+        assert_eq!(p.status().state, MigrationState::Listening);
+        assert!(p.state().is_active());
+        p.set_receiving(4096);
+        p.set_bytes_received(100);
+        p.set_iteration(1);
+        let s = p.status();
+        assert_eq!(
+            (s.state, s.ram_size, s.bytes_received, s.iteration),
+            (MigrationState::Receiving, 4096, 100, 1)
+        );
+        p.received(MigrationReport::default(), Some("no go".into()));
+        let s = p.status();
+        assert_eq!(s.state, MigrationState::Unconfirmed);
+        assert_eq!(s.error.as_deref(), Some("no go"));
+        assert!(s.report.is_some());
+        assert!(!p.state().is_active());
+        // The received VM may migrate on later.
+        assert!(p.try_begin(4096));
+        assert_eq!(p.status().bytes_received, 0);
     }
 
     #[test]

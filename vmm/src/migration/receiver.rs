@@ -8,6 +8,7 @@ use std::time::Duration;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::frame::{decode, FrameReader, FrameWriter, Kind, Message, Pages, HEADER_LEN, PAGE_SIZE};
+use super::progress::{MigrationProgress, MigrationReport};
 use super::ram_writer::{Op, RamWriter};
 use super::url::Stream;
 use super::{MigrationError, MigrationTarget};
@@ -67,8 +68,20 @@ fn read_first_header(stream: &mut Stream) -> Result<(Vec<u8>, Option<OwnedFd>), 
 /// source is told why (best effort) and nothing was started; `Ok` with
 /// [`ReceiveReport::unconfirmed`] set: restored, not started, no `go`.
 pub fn receive(
+    stream: Stream,
+    target: &mut dyn MigrationTarget,
+) -> Result<ReceiveReport, MigrationError> {
+    receive_with_progress(stream, target, &MigrationProgress::default())
+}
+
+/// [`receive`], telling `progress` how it goes (the destination's
+/// `vm.migration-status`): `receiving` once the hello is accepted, with the
+/// bytes and iterations so far, then `received` (started), `unconfirmed`
+/// (restored, no `go`) or `failed`.
+pub fn receive_with_progress(
     mut stream: Stream,
     target: &mut dyn MigrationTarget,
+    progress: &MigrationProgress,
 ) -> Result<ReceiveReport, MigrationError> {
     stream.tune();
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
@@ -77,33 +90,56 @@ pub fn receive(
     let write_half = stream.try_clone().map_err(MigrationError::Send)?;
     let reader = FrameReader::with_prefix(stream, head);
     let writer = FrameWriter::new(write_half);
-    receive_frames(reader, writer, fd, target)
+    receive_frames_with(reader, writer, fd, target, progress)
 }
 
 /// The receiver state machine over any byte stream (also the fuzz entry).
 pub(crate) fn receive_frames<R: Read, W: Write>(
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    fd: Option<OwnedFd>,
+    target: &mut dyn MigrationTarget,
+) -> Result<ReceiveReport, MigrationError> {
+    receive_frames_with(reader, writer, fd, target, &MigrationProgress::default())
+}
+
+fn receive_frames_with<R: Read, W: Write>(
     mut reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
     fd: Option<OwnedFd>,
     target: &mut dyn MigrationTarget,
+    progress: &MigrationProgress,
 ) -> Result<ReceiveReport, MigrationError> {
     let mut r = Receiver {
         target,
         report: ReceiveReport::default(),
         ram_size: 0,
         state_seen: false,
+        progress,
     };
     match r.run(&mut reader, &mut writer, fd) {
         Ok(()) => {
             r.report.bytes = reader.bytes;
+            progress.received(
+                MigrationReport {
+                    bytes_total: r.report.bytes,
+                    pages_data: r.report.pages_data,
+                    pages_zero: r.report.pages_zero,
+                    iterations: r.report.iterations,
+                    local: r.report.local,
+                    ..MigrationReport::default()
+                },
+                r.report.unconfirmed.clone(),
+            );
             Ok(r.report)
         }
         Err(e) => {
+            let why = super::error_chain(&e);
             if !matches!(e, MigrationError::Aborted(_)) {
-                let why = super::error_chain(&e);
                 let _ = writer.send(Kind::Abort, &[why.as_bytes()]);
                 let _ = writer.flush();
             }
+            progress.fail(why, false);
             Err(e)
         }
     }
@@ -114,6 +150,7 @@ struct Receiver<'a> {
     report: ReceiveReport,
     ram_size: u64,
     state_seen: bool,
+    progress: &'a MigrationProgress,
 }
 
 fn unexpected(expected: &'static str, got: &Message<'_>) -> MigrationError {
@@ -160,6 +197,7 @@ impl Receiver<'_> {
             return Err(MigrationError::RamSize(hello.ram_size));
         }
         self.ram_size = hello.ram_size;
+        self.progress.set_receiving(hello.ram_size);
         self.target
             .prepare(&hello)
             .map_err(|e| MigrationError::Vm("be created", e))?;
@@ -231,10 +269,12 @@ impl Receiver<'_> {
                 None => std::mem::take(&mut own_buf),
             };
             let kind = reader.next_frame_into(&mut buf)?;
+            self.progress.set_bytes_received(reader.bytes);
             let ops = match decode(kind, &buf)? {
                 Message::Pages(p) if !local => Some(self.page_ops(&p, first_pass)?),
                 Message::IterationEnd { .. } => {
                     self.report.iterations += 1;
+                    self.progress.set_iteration(self.report.iterations);
                     first_pass = false;
                     None
                 }
