@@ -682,7 +682,10 @@ fn go_lost_leaves_a_paused_destination_that_resumes_the_guest_only_by_force() {
     let status = status_json(&api_sock);
     assert_eq!(status["state"], "unconfirmed", "{status}");
     assert!(
-        status["error"].as_str().unwrap().contains("did not confirm"),
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not confirm"),
         "{status}"
     );
     // The destination cannot tell that the source is gone: a plain resume
