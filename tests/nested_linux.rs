@@ -240,45 +240,46 @@ fn migrate_step(run: &mut Nested) {
     );
     run.expect("NESTED-L1: migrate: source exit 0", STEP_TIMEOUT);
     run.expect("NESTED-L1: migrate: destination exit 0 ", STEP_TIMEOUT);
-    // The guest's own lines, from each process's serial log in turn: it
-    // booted at the source and went on counting at the destination, with
-    // the same memory (the checksum of a file in its initramfs).
-    run.expect("NESTED-L1: migrate: source serial:", STEP_TIMEOUT);
+    // The guest's own lines, from the two processes' serial logs joined
+    // (a line the guest was writing when it was paused begins in one and
+    // ends in the other): it booted at the source and went on counting at
+    // the destination, with the same memory (the checksum of a file in its
+    // initramfs).
+    let split = run.expect(
+        "NESTED-L1: migrate: serial: the source began ",
+        STEP_TIMEOUT,
+    );
+    // "... the source began N ticks, the destination wrote M bytes"
+    let words: Vec<&str> = split.split_whitespace().collect();
+    let began: u32 = words[6].parse().unwrap();
+    let dest_bytes: u64 = words[11].parse().unwrap();
+    assert!(
+        (1..20).contains(&began) && dest_bytes > 0,
+        "the move did not happen mid-run: {split:?}\n{}",
+        run.run.output()
+    );
     run.expect_l2_init("migrate");
-    let ticks = |run: &mut Nested, until: &str| -> Vec<(u32, String)> {
-        let mut out = Vec::new();
-        loop {
-            let line = run.expect("NESTED-L", STEP_TIMEOUT);
-            if line.starts_with(until) {
-                return out;
-            }
-            if let Some(rest) = line.strip_prefix("NESTED-L2: migrate: tick ") {
-                let mut words = rest.split(' ');
-                let n = words.next().unwrap().parse().unwrap();
-                out.push((n, words.next_back().unwrap().to_string()));
-            }
+    let mut ticks: Vec<(u32, String)> = Vec::new();
+    loop {
+        let line = run.expect("NESTED-L", STEP_TIMEOUT);
+        if line.starts_with("NESTED-L1: migrate: end of serial") {
+            break;
         }
-    };
-    let source = ticks(run, "NESTED-L1: migrate: destination serial:");
-    let destination = ticks(run, "NESTED-L1: migrate: end of serial");
-    let numbers: Vec<u32> = source.iter().chain(&destination).map(|t| t.0).collect();
+        if let Some(rest) = line.strip_prefix("NESTED-L2: migrate: tick ") {
+            let mut words = rest.split(' ');
+            let n = words.next().unwrap().parse().unwrap();
+            ticks.push((n, words.next_back().unwrap().to_string()));
+        }
+    }
+    let numbers: Vec<u32> = ticks.iter().map(|t| t.0).collect();
     assert_eq!(
         numbers,
         (1..=20).collect::<Vec<_>>(),
         "{}",
         run.run.output()
     );
-    assert!(
-        !source.is_empty() && !destination.is_empty(),
-        "{}",
-        run.run.output()
-    );
-    let sum = &source[0].1;
-    assert!(
-        source.iter().chain(&destination).all(|t| &t.1 == sum),
-        "{}",
-        run.run.output()
-    );
+    let sum = &ticks[0].1;
+    assert!(ticks.iter().all(|t| &t.1 == sum), "{}", run.run.output());
     run.expect_done();
 }
 
