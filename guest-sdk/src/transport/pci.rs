@@ -513,20 +513,26 @@ mod tests {
         let _ = fs::remove_dir_all(root);
     }
 
-    #[test]
-    fn driver_interrupts_wake_sleepers() {
-        let root = fake_sysfs("irq", 2);
+    /// A fake sysfs whose device's interrupts come from a fifo standing in
+    /// for the guest driver's event file: (root, device, the fifo's write end).
+    fn with_driver_fifo(tag: &str) -> (PathBuf, Pci, fs::File) {
+        let root = fake_sysfs(tag, 2);
         let fifo = root.join("irq-fifo");
         let cpath = CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: mkfifo with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
-        // Hold the write end open (non-blocking open for reading first).
+        // Hold the write end open (the device opens the read end).
         let writer = std::thread::spawn({
             let fifo = fifo.clone();
             move || fs::OpenOptions::new().write(true).open(fifo).unwrap()
         });
         let pci = Pci::open_with(&root, None, Some(IrqSource::Driver(fifo))).unwrap();
-        let mut writer = writer.join().unwrap();
+        (root, pci, writer.join().unwrap())
+    }
+
+    #[test]
+    fn driver_interrupts_wake_sleepers() {
+        let (root, pci, mut writer) = with_driver_fifo("irq");
         assert_eq!(pci.sleep_kind(), SleepKind::Doorbell);
         let token = pci.sleep_token();
         let pci = Arc::new(pci);
@@ -551,17 +557,8 @@ mod tests {
 
     #[test]
     fn a_failed_interrupt_device_wakes_sleepers_and_makes_later_sleeps_fail() {
-        let root = fake_sysfs("irq-gone", 2);
-        let fifo = root.join("irq-fifo");
-        let cpath = CString::new(fifo.as_os_str().as_bytes()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
-        let writer = std::thread::spawn({
-            let fifo = fifo.clone();
-            move || fs::OpenOptions::new().write(true).open(fifo).unwrap()
-        });
-        let pci = Arc::new(Pci::open_with(&root, None, Some(IrqSource::Driver(fifo))).unwrap());
-        let writer = writer.join().unwrap();
+        let (root, pci, writer) = with_driver_fifo("irq-gone");
+        let pci = Arc::new(pci);
         let token = pci.sleep_token();
         let sleeper = {
             let pci = Arc::clone(&pci);
